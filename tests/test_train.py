@@ -1,0 +1,67 @@
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from edgekd.recipe import TrainConfig
+from edgekd.train import MetricsLog, Runtime, atomic_save, build_optimizer, build_scheduler, recalibrate_batchnorm
+
+
+def test_metrics_log_unions_columns_and_truncates_on_resume(tmp_path):
+    log = MetricsLog(tmp_path / "metrics.csv")
+    log.add({"stage": "teacher", "epoch": 1, "loss_ce": 1.0})
+    log.add({"stage": "student", "epoch": 1, "loss_ce": 0.5, "loss_kd": 2.0})
+    log.add({"stage": "student", "epoch": 2, "loss_ce": 0.4, "loss_kd": 1.0})
+    reread = MetricsLog(tmp_path / "metrics.csv")
+    assert reread.path.read_text().splitlines()[0] == "stage,epoch,loss_ce,loss_kd"
+    reread.truncate("student", after_epoch=1)
+    assert [(r["stage"], r["epoch"]) for r in MetricsLog(tmp_path / "metrics.csv").rows] == [
+        ("teacher", "1"),
+        ("student", "1"),
+    ]
+
+
+def test_atomic_save_leaves_nothing_behind_on_failure(tmp_path):
+    atomic_save("first", tmp_path / "file.txt")
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        atomic_save({"x": Unpicklable()}, tmp_path / "file.txt")
+    assert (tmp_path / "file.txt").read_text() == "first"
+    assert [p.name for p in tmp_path.iterdir()] == ["file.txt"]
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine", "step", "constant"])
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_schedules_run_their_length(schedule, optimizer):
+    config = TrainConfig(epochs=3, lr=0.1, optimizer=optimizer, schedule=schedule, milestones=[2], gamma=0.1)
+    opt = build_optimizer(list(nn.Linear(2, 2).parameters()), config)
+    scheduler = build_scheduler(opt, config, steps_per_epoch=4)
+    rates = []
+    for _ in range(12):
+        opt.step()
+        scheduler.step()
+        rates.append(opt.param_groups[0]["lr"])
+    if schedule == "step":
+        assert rates[6] == pytest.approx(0.1) and rates[7] == pytest.approx(0.01)
+    if schedule == "constant":
+        assert set(rates) == {0.1}
+    if schedule in ("onecycle", "cosine"):  # the last of the 12 batches trains at the end of the schedule
+        assert rates[-2] < 0.01 and max(rates) <= 0.1 + 1e-9
+
+
+def test_recalibrated_batchnorm_holds_the_exact_statistics():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 1), nn.BatchNorm2d(3))
+    images = torch.randn(40, 1, 4, 4) * 3 + 1
+    loader = DataLoader(
+        TensorDataset(images, torch.zeros(40, dtype=torch.long)), batch_size=8
+    )  # equal batches: the cumulative average weights batches equally
+    recalibrate_batchnorm(model, loader, Runtime(torch.device("cpu"), channels_last=False, amp=False))
+    with torch.no_grad():
+        activations = model[0](images)
+    assert torch.allclose(model[1].running_mean, activations.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert model[1].momentum == 0.1 and not model.training
