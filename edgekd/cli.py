@@ -17,7 +17,8 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     help="Distil timm teachers into MCU-sized students, export them, and prove they fit.",
 )
-stdout = Console()
+# Pipes and CI logs get a fixed width wide enough for the result tables (rich defaults to 80).
+stdout = Console(width=None if sys.stdout.isatty() else 110)
 stderr = Console(stderr=True)
 
 EXIT_BAD_INPUT = 2

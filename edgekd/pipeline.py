@@ -228,12 +228,7 @@ def summary_table(summary: dict[str, Any]) -> Table:
         title=f"{summary['recipe']}: {summary['method']} on {summary['dataset']} ({summary['test_images']} test images)"
     )
     for column in ("", "model", "params", "MACs", "test acc", "val acc", "epochs", "time"):
-        table.add_column(
-            column,
-            justify="left" if column in ("", "model") else "right",
-            no_wrap=True,
-            min_width=max(len(summary[s]["model"]) for s in STAGES if s in summary) if column == "model" else None,
-        )
+        table.add_column(column, justify="left" if column in ("", "model") else "right", no_wrap=True)
     for name in STAGES:
         if name not in summary:
             continue
