@@ -19,9 +19,8 @@ app = typer.Typer(
 )
 # Pipes and CI logs get a fixed width wide enough for the result tables (rich defaults to 80).
 stdout = Console(width=None if sys.stdout.isatty() else 110)
-stderr = Console(stderr=True)
+stderr = Console(stderr=True, width=None if sys.stderr.isatty() else 110)
 
-EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
 
@@ -48,6 +47,23 @@ def distill(
 
 
 @app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="a run directory written by `edgekd distill`"),
+    formats: str | None = typer.Option(
+        None,
+        "--formats",
+        help="comma-separated: onnx,onnx-int8,tflite,tflite-int8,c-array (default: the recipe's export.formats)",
+    ),
+) -> None:
+    """Export the distilled student to device artefacts and verify each one against PyTorch."""
+    from edgekd.exporters.export import export_run, parse_formats
+
+    chosen = parse_formats(formats) if formats is not None else None
+    report = export_run(run_dir, chosen, console=stderr)
+    stdout.print(f"all {len(report['artefacts'])} artefacts verified: {run_dir / 'artefacts' / 'export.json'}")
+
+
+@app.command()
 def recipes() -> None:
     """List the bundled recipes, one line each."""
     import yaml
@@ -69,8 +85,9 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except EdgeKDError as exc:
-        stderr.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        sys.exit(EXIT_BAD_INPUT)
+        label = "failed" if exc.exit_code == 1 else "error"
+        stderr.print(f"[red]{label}:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:  # usage errors: unknown option, missing argument
         exc.show()
         sys.exit(exc.exit_code)

@@ -2,7 +2,15 @@
 
 
 class EdgeKDError(Exception):
-    """Base class: the message is one line that names the problem and what to do."""
+    """Base class: the message is one line that names the problem and what to do. Bad input: exit 2."""
+
+    exit_code = 2
+
+
+class CheckFailed(EdgeKDError):
+    """The input was fine but a result failed its check (an artefact's verification, a budget): exit 1."""
+
+    exit_code = 1
 
 
 class RecipeError(EdgeKDError):

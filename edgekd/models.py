@@ -53,7 +53,13 @@ default_cfgs = generate_default_cfgs(
 @register_model
 def mobilenetv2_tiny(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """MobileNetV2 width 0.35 with the last 1×1 conv at 448 channels (0.35 × 1280) instead of timm's
-    fixed 1280: MCUNet's TinyMobileNetV2, 0.75 M parameters and 23.5 M MACs at 144×144 (1000 classes)."""
+    fixed 1280: MCUNet's TinyMobileNetV2, 0.75 M parameters and 23.5 M MACs at 144×144 (1000 classes).
+
+    It pads like TensorFlow ("SAME": a stride-2 conv on an even input pads only bottom/right), the way
+    TFLite kernels pad. PyTorch's symmetric padding would make the converter put a standalone PAD op
+    before every stride-2 conv, and the PAD's output is what sets the TFLite-Micro arena's peak.
+    """
+    kwargs.setdefault("pad_type", "same")
     model_kwargs = dict(
         block_args=decode_arch_def(_MOBILENETV2_ARCH),
         num_features=448,

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from edgekd.errors import RecipeError
 
 DATASETS = ("digits", "mnist5k", "imagefolder", "cifar10", "cifar100", "synthetic")
+FORMATS = ("onnx", "onnx-int8", "tflite", "tflite-int8", "c-array")
 
 
 class StrictModel(BaseModel):
@@ -126,6 +127,17 @@ class BaselineConfig(StrictModel):
     lr: float | None = Field(None, gt=0, description="the baseline's own tuned lr; default: distill.lr")
 
 
+class ExportConfig(StrictModel):
+    """Device artefacts and the checks each must pass against the PyTorch student on the test split."""
+
+    formats: list[Literal["onnx", "onnx-int8", "tflite", "tflite-int8", "c-array"]] = list(FORMATS)
+    calibration_images: int = Field(200, ge=1, description="int8 calibration images from the training split")
+    verify_images: int | None = Field(None, ge=1, description="test images to verify on (default: all)")
+    min_agreement_fp32: float = Field(0.995, ge=0, le=1)
+    min_agreement_int8: float = Field(0.97, ge=0, le=1)
+    max_int8_accuracy_drop: float = Field(0.01, ge=0, le=1)
+
+
 class Recipe(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
@@ -139,6 +151,7 @@ class Recipe(StrictModel):
     student: StudentConfig = StudentConfig()
     distill: KDConfig
     baseline: BaselineConfig = BaselineConfig()
+    export: ExportConfig = ExportConfig()
 
     def baseline_train_config(self) -> TrainConfig:
         """The distill stage's training settings, with the baseline's own lr if it has one."""

@@ -1,0 +1,286 @@
+"""`edgekd export RUN_DIR`: student.pt → artefacts/, each artefact run in its own runtime on the test
+split and compared with the PyTorch student; the findings go to artefacts/export.json."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from edgekd.exporters import c_array, onnx, tflite
+from edgekd.exporters.runtimes import LiteRTRunner, MicroRunner, OnnxRunner, Runner
+from rich.console import Console
+
+from edgekd.data import load_data
+from edgekd.errors import CheckFailed, DataError, EdgeKDError, ModelError
+from edgekd.models import create_model
+from edgekd.recipe import FORMATS, ExportConfig, Recipe, parse_recipe
+
+FILES = {
+    "onnx": "student.onnx",
+    "onnx-int8": "student.int8.onnx",
+    "tflite": "student.tflite",
+    "tflite-int8": "student.int8.tflite",
+    "c-array": "model_data.cc",
+}
+NEEDS = {"onnx-int8": "onnx", "c-array": "tflite-int8"}
+
+
+def parse_formats(text: str) -> list[str]:
+    formats = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise EdgeKDError(f"unknown export format {', '.join(unknown) or repr(text)}; choose from {', '.join(FORMATS)}")
+    return formats
+
+
+def _with_prerequisites(formats: list[str]) -> list[str]:
+    wanted = set(formats) | {NEEDS[f] for f in formats if f in NEEDS}
+    return [f for f in FORMATS if f in wanted]
+
+
+def load_run(run_dir: Path) -> tuple[Recipe, torch.nn.Module, dict]:
+    """The run's resolved recipe and its student (eval mode) with the weights file's metadata."""
+    run_dir = Path(run_dir)
+    recipe_path, weights_path = run_dir / "recipe.yaml", run_dir / "student.pt"
+    if not recipe_path.is_file():
+        raise EdgeKDError(
+            f"{run_dir} is not an edgekd run directory (no recipe.yaml); give the folder `edgekd distill` wrote"
+        )
+    if not weights_path.is_file():
+        raise ModelError(f"{weights_path} is missing; finish the run first (`edgekd distill ... --resume`)")
+    recipe = parse_recipe(yaml.safe_load(recipe_path.read_text()), source=str(recipe_path))
+    try:
+        metadata = torch.load(weights_path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - torch raises many kinds for a corrupt file
+        metadata = None
+    if not isinstance(metadata, dict) or "state_dict" not in metadata or "num_classes" not in metadata:
+        raise ModelError(f"{weights_path} is not an edgekd weights file (corrupt or from elsewhere); re-run distill")
+    model = create_model(
+        metadata["model"],
+        num_classes=metadata["num_classes"],
+        in_chans=metadata["in_chans"],
+        kwargs=metadata.get("model_kwargs") or {},
+    )
+    model.load_state_dict(metadata["state_dict"])
+    return recipe, model.eval(), metadata
+
+
+def compare(runner: Runner, images: np.ndarray, labels: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
+    """Accuracy of the artefact, top-1 agreement with the PyTorch student, max |logit difference|."""
+    started = time.perf_counter()
+    logits = runner.predict(images)
+    predictions = logits.argmax(1)
+    return {
+        "accuracy": float((predictions == labels).mean()),
+        "agreement": float((predictions == reference.argmax(1)).mean()),
+        "max_logit_error": float(np.abs(logits - reference).max()),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def _check(name: str, passed: bool, detail: str) -> dict[str, Any]:
+    return {"name": name, "passed": bool(passed), "detail": detail}
+
+
+def export_run(run_dir: Path, formats: list[str] | None = None, console: Console | None = None) -> dict[str, Any]:
+    console = console or Console(stderr=True)
+    run_dir = Path(run_dir)
+    recipe, model, metadata = load_run(run_dir)
+    settings: ExportConfig = recipe.export
+    formats = _with_prerequisites(formats or list(settings.formats))
+
+    data = load_data(recipe.data, recipe.seed)
+    if len(data.train_eval) == 0:
+        raise DataError("the training split is empty: nothing to calibrate int8 on")
+    if len(data.test) == 0:
+        raise DataError("the test split is empty: nothing to verify the artefacts on")
+    order = torch.randperm(len(data.train_eval), generator=torch.Generator().manual_seed(recipe.seed))
+    calibration = torch.stack([data.train_eval[int(i)][0] for i in order[: settings.calibration_images]])
+    test_count = len(data.test) if settings.verify_images is None else min(settings.verify_images, len(data.test))
+    test_images = torch.stack([data.test[i][0] for i in range(test_count)])
+    test_labels = np.array([int(data.test[i][1]) for i in range(test_count)])
+    with torch.no_grad():
+        reference = model(test_images).numpy()
+    images = test_images.numpy()
+    student_accuracy = float((reference.argmax(1) == test_labels).mean())
+
+    out = run_dir / "artefacts"
+    out.mkdir(exist_ok=True)
+    log = out / "convert.log"
+    log.write_text("")
+    report: dict[str, Any] = {
+        "student": {
+            "model": metadata["model"],
+            "accuracy": student_accuracy,
+            "input": [data.in_chans, data.image_size, data.image_size],
+            "mean": list(data.mean),
+            "std": list(data.std),
+        },
+        "test_images": test_count,
+        "calibration_images": len(calibration),
+        "thresholds": {
+            "min_agreement_fp32": settings.min_agreement_fp32,
+            "min_agreement_int8": settings.min_agreement_int8,
+            "max_int8_accuracy_drop": settings.max_int8_accuracy_drop,
+        },
+        "artefacts": {},
+    }
+
+    def verify(fmt: str, runners: list[Runner], int8: bool) -> dict[str, Any]:
+        threshold = settings.min_agreement_int8 if int8 else settings.min_agreement_fp32
+        results, checks = {}, []
+        for runner in runners:
+            result = compare(runner, images, test_labels, reference)
+            results[runner.name] = result
+            checks.append(
+                _check(
+                    f"agreement ({runner.name})",
+                    result["agreement"] >= threshold - 1e-9,
+                    f"{result['agreement']:.2%} of top-1 predictions match PyTorch (need ≥ {threshold:.1%})",
+                )
+            )
+            if int8:
+                drop = student_accuracy - result["accuracy"]
+                checks.append(
+                    _check(
+                        f"accuracy drop ({runner.name})",
+                        drop <= settings.max_int8_accuracy_drop + 1e-9,
+                        f"{drop * 100:+.2f} points vs PyTorch (allowed {settings.max_int8_accuracy_drop * 100:.1f})",
+                    )
+                )
+        return {"results": results, "checks": checks}
+
+    for fmt in formats:
+        started = time.perf_counter()
+        path = out / FILES[fmt]
+        console.print(f"[bold]{fmt}[/bold] → {path}")
+        entry: dict[str, Any] = {"path": str(path.relative_to(run_dir)), "checks": []}
+        if fmt == "onnx":
+            entry["info"] = onnx.export_fp32(model, test_images, path, log)
+            entry.update(verify(fmt, [OnnxRunner(path)], int8=False))
+            entry["checks"].append(
+                _check("opset", entry["info"]["opset"] >= onnx.OPSET, f"opset {entry['info']['opset']}")
+            )
+            entry["checks"].append(
+                _check("single file", not path.with_suffix(".onnx.data").exists(), "weights inside the .onnx")
+            )
+        elif fmt == "onnx-int8":
+            entry["info"] = onnx.quantize_int8(out / FILES["onnx"], calibration.numpy(), path)
+            entry.update(verify(fmt, [OnnxRunner(path)], int8=True))
+            offenders = onnx.float_compute_nodes(path)
+            entry["checks"].append(
+                _check("int8 compute", not offenders, "; ".join(offenders[:8]) or "every Conv/Gemm takes int8")
+            )
+        elif fmt == "tflite":
+            entry["info"] = tflite.convert(model, test_images, path, int8=False, log_path=log)
+            entry["info"]["ops"] = tflite.op_counts(path)
+            entry.update(verify(fmt, [LiteRTRunner(path)], int8=False))
+        elif fmt == "tflite-int8":
+            entry["info"] = tflite.convert(model, calibration, path, int8=True, log_path=log)
+            entry["info"]["ops"] = tflite.op_counts(path)
+            micro = MicroRunner(path)
+            entry["info"]["arena"] = micro.arena
+            entry.update(verify(fmt, [LiteRTRunner(path, reference_kernels=True), micro], int8=True))
+            problems = tflite.int8_violations(path)
+            entry["checks"].append(
+                _check(
+                    "int8 end to end",
+                    not problems,
+                    "; ".join(problems[:12])
+                    or "int8 input, output and activations; no QUANTIZE, DEQUANTIZE, PAD or TRANSPOSE",
+                )
+            )
+        elif fmt == "c-array":
+            entry.update(_c_array(out, report["artefacts"]["tflite-int8"], metadata, data, recipe))
+        entry["bytes"] = path.stat().st_size
+        entry["seconds"] = round(time.perf_counter() - started, 1)
+        entry["passed"] = all(check["passed"] for check in entry["checks"])
+        report["artefacts"][fmt] = entry
+        for check in entry["checks"]:
+            mark = "[green]ok[/green]" if check["passed"] else "[red]FAILED[/red]"
+            console.print(f"  {mark} {check['name']}: {check['detail']}", highlight=False)
+
+    # Re-exporting some formats keeps the findings for the others (their files are still there).
+    previous = _previous_artefacts(out / "export.json")
+    report["artefacts"] = {
+        **{f: e for f, e in previous.items() if (run_dir / e["path"]).exists()},
+        **report["artefacts"],
+    }
+    report["passed"] = all(entry["passed"] for entry in report["artefacts"].values())
+    (out / "export.json").write_text(json.dumps(report, indent=2) + "\n")
+    if not report["passed"]:
+        failed = [
+            f"{fmt}: {c['name']}" for fmt, e in report["artefacts"].items() for c in e["checks"] if not c["passed"]
+        ]
+        raise CheckFailed(f"export checks failed ({'; '.join(failed)}); artefacts kept, see {out / 'export.json'}")
+    return report
+
+
+def _previous_artefacts(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text()).get("artefacts", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def _c_array(out: Path, tflite_entry: dict, metadata: dict, data, recipe: Recipe) -> dict[str, Any]:
+    tflite_path = out / FILES["tflite-int8"]
+    micro = MicroRunner(tflite_path)
+    source, header = c_array.write_c_array(
+        tflite_path,
+        out,
+        input_shape=micro.input_shape,
+        input_quant=(micro.input_scale, micro.input_zero_point),
+        output_quant=(micro.output_scale, micro.output_zero_point),
+        mean=list(data.mean),
+        std=list(data.std),
+        class_names=list(data.class_names),
+        arena_bytes=tflite_entry["info"]["arena"]["total"],
+        description=f"{recipe.name}, {metadata['model']} int8, {micro.input_shape[1]}x{micro.input_shape[2]}",
+    )
+    entry: dict[str, Any] = {"header": str(header.name), "info": {"model_bytes": tflite_path.stat().st_size}}
+    length = compiled_model_length(source)
+    if length is None:
+        entry["checks"] = [_check("compiles", True, "skipped: no C++ compiler (c++) on this machine")]
+    else:
+        entry["checks"] = [
+            _check("compiles", True, "c++ -std=c++17 builds it"),
+            _check(
+                "length", length == tflite_path.stat().st_size, f"g_model_data_len {length} = {tflite_path.name} bytes"
+            ),
+        ]
+    return entry
+
+
+def compiled_model_length(source: Path) -> int | None:
+    """Compile model_data.cc with a tiny main that prints g_model_data_len; None without a compiler."""
+    compiler = shutil.which("c++") or shutil.which("g++")
+    if compiler is None:
+        return None
+    with tempfile.TemporaryDirectory() as scratch:
+        main = Path(scratch) / "main.cc"
+        main.write_text(
+            '#include <cstdio>\n#include "model_data.h"\n'
+            'int main() { std::printf("%u", g_model_data_len); '
+            "return (reinterpret_cast<unsigned long>(g_model_data) % 16) != 0; }\n"
+        )
+        binary = Path(scratch) / "main"
+        build = subprocess.run(
+            [compiler, "-std=c++17", "-O0", f"-I{source.parent}", str(main), str(source), "-o", str(binary)],
+            capture_output=True,
+            text=True,
+        )
+        if build.returncode != 0:
+            raise CheckFailed(f"{source} does not compile: {build.stderr.strip().splitlines()[0][:200]}")
+        run = subprocess.run([str(binary)], capture_output=True, text=True)
+        if run.returncode != 0:
+            raise CheckFailed(f"{source}: g_model_data is not 16-byte aligned")
+        return int(run.stdout)

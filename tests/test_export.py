@@ -1,0 +1,206 @@
+"""Exporters: every artefact verified against the PyTorch student; planted failures are caught."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from edgekd.exporters import c_array, tflite
+from edgekd.exporters.export import compare, compiled_model_length, export_run
+from edgekd.exporters.runtimes import LiteRTRunner
+
+from edgekd import cli
+from edgekd.errors import CheckFailed
+from edgekd.models import create_model
+from edgekd.pipeline import distill
+from edgekd.recipe import parse_recipe
+
+EXPORT_RECIPE = {
+    "name": "export-test",
+    "data": {"dataset": "digits", "image_size": 32, "channels": 1, "batch_size": 64},
+    "teacher": {"model": "resnet10t", "train": {"epochs": 3, "lr": 0.003}},
+    "distill": {"method": "kd", "epochs": 6, "lr": 0.02},
+    "baseline": {"enabled": False},
+    "export": {"calibration_images": 100},
+}
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A small but really trained student: random-init MobileNetV2 quantises badly on every path."""
+    run_dir = tmp_path_factory.mktemp("export") / "run"
+    distill(parse_recipe(EXPORT_RECIPE), run_dir)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def exported_run(trained_run):
+    return trained_run, export_run(trained_run)
+
+
+@pytest.mark.slow
+def test_every_format_is_written_and_verified(exported_run):
+    run_dir, report = exported_run
+    artefacts = run_dir / "artefacts"
+    for name in (
+        "student.onnx",
+        "student.int8.onnx",
+        "student.tflite",
+        "student.int8.tflite",
+        "model_data.cc",
+        "model_data.h",
+        "export.json",
+    ):
+        assert (artefacts / name).is_file(), name
+    assert report["passed"] and json.loads((artefacts / "export.json").read_text())["passed"]
+    int8 = report["artefacts"]["tflite-int8"]
+    assert set(int8["results"]) == {"litert-reference", "tflite-micro"}
+    # TFLite's reference kernels and TFLite-Micro compute the same int8 numbers.
+    assert int8["results"]["litert-reference"]["agreement"] == int8["results"]["tflite-micro"]["agreement"]
+    assert abs(int8["results"]["tflite-micro"]["accuracy"] - report["student"]["accuracy"]) <= 0.01
+    assert int8["info"]["same_padding_folded"] and int8["info"]["pad_ops_removed"] == 5
+    assert "PAD" not in int8["info"]["ops"] and "TRANSPOSE" not in int8["info"]["ops"]
+    assert report["artefacts"]["onnx"]["info"]["opset"] >= 18
+    assert not (artefacts / "student.onnx.data").exists()
+
+
+@pytest.mark.slow
+def test_float_graph_is_not_int8(exported_run):
+    run_dir, _ = exported_run
+    problems = tflite.int8_violations(run_dir / "artefacts" / "student.tflite")
+    assert problems and any("FLOAT32" in p for p in problems)
+    assert tflite.int8_violations(run_dir / "artefacts" / "student.int8.tflite") == []
+
+
+def corrupt_largest_weight(path):
+    """Overwrite the largest constant buffer of a .tflite with noise, keeping the file valid."""
+    import flatbuffers
+
+    schema = tflite._schema()
+    model = schema.ModelT.InitFromPackedBuf(path.read_bytes(), 0)
+    largest = max((b for b in model.buffers if b.data is not None), key=lambda b: len(b.data))
+    largest.data = np.random.default_rng(0).integers(0, 255, len(largest.data), dtype=np.uint8)
+    builder = flatbuffers.Builder(0)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    path.write_bytes(bytes(builder.Output()))
+
+
+@pytest.mark.slow
+def test_corrupted_weight_fails_the_export(trained_run, monkeypatch, tmp_path):
+    real_convert = tflite.convert
+
+    def convert_then_corrupt(model, images, path, **kwargs):
+        info = real_convert(model, images, path, **kwargs)
+        corrupt_largest_weight(path)
+        return info
+
+    monkeypatch.setattr(tflite, "convert", convert_then_corrupt)
+    with pytest.raises(CheckFailed, match="tflite-int8: agreement"):
+        export_run(trained_run, ["tflite-int8"])
+    report = json.loads((trained_run / "artefacts" / "export.json").read_text())
+    assert report["passed"] is False and report["artefacts"]["tflite-int8"]["passed"] is False
+    assert (trained_run / "artefacts" / "student.int8.tflite").is_file(), "a failed artefact is kept"
+
+
+def test_rotated_proxy_computes_the_same_student_rotated():
+    """The calibration proxy: symmetric padding, kernels rotated 180°, fed rotated images."""
+    torch.manual_seed(0)
+    model = create_model("mobilenetv2_tiny", num_classes=4, in_chans=1).eval()
+    assert tflite.can_fold_padding(model)
+    images = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(tflite.rotated_symmetric_proxy(model)(images.flip(2, 3)), model(images), atol=1e-4)
+    symmetric = create_model("mobilenetv2_tiny", num_classes=4, in_chans=1, kwargs={"pad_type": ""})
+    assert not tflite.can_fold_padding(symmetric)
+
+
+def test_c_array_compiles_and_has_the_model_length(tmp_path):
+    model_file = tmp_path / "model.tflite"
+    model_file.write_bytes(bytes(range(256)) * 3 + b"\x01")
+    source, header = c_array.write_c_array(
+        model_file,
+        tmp_path,
+        input_shape=(1, 8, 8, 1),
+        input_quant=(0.02, -3),
+        output_quant=(0.1, 5),
+        mean=[0.5],
+        std=[0.25],
+        class_names=["zero", 'say "one"'],
+        arena_bytes=12345,
+        description="test",
+    )
+    assert "alignas(16) const unsigned char g_model_data[]" in source.read_text()
+    assert "kTensorArenaSize = 12345" in header.read_text()
+    length = compiled_model_length(source)
+    if length is None:
+        pytest.skip("no C++ compiler")
+    assert length == 256 * 3 + 1
+
+
+def run_export_cli(capsys, *args):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", ["edgekd", "export", *map(str, args)])
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main()
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def fake_run(tmp_path, recipe=None):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe or EXPORT_RECIPE))
+    return run_dir
+
+
+@pytest.mark.parametrize(
+    ("setup", "expected"),
+    [
+        (lambda d: None, "student.pt is missing"),
+        (lambda d: (d / "student.pt").write_bytes(b"garbage"), "not an edgekd weights file"),
+        (lambda d: torch.save({"conv.weight": torch.zeros(1)}, d / "student.pt"), "not an edgekd weights file"),
+    ],
+)
+def test_bad_student_file(capsys, tmp_path, setup, expected):
+    run_dir = fake_run(tmp_path)
+    setup(run_dir)
+    code, err = run_export_cli(capsys, run_dir)
+    assert code == 2 and expected in err and len(err.strip().splitlines()) == 1
+
+
+def test_not_a_run_dir_and_unknown_format(capsys, tmp_path):
+    code, err = run_export_cli(capsys, tmp_path)
+    assert code == 2 and "not an edgekd run directory" in err
+    code, err = run_export_cli(capsys, fake_run(tmp_path), "--formats", "onnx,tflite-int4")
+    assert code == 2 and "unknown export format tflite-int4" in err
+
+
+def test_empty_calibration_split(capsys, tmp_path):
+    images = tmp_path / "images"
+    for split in ("train/cat", "train/dog", "test/cat"):
+        (images / split).mkdir(parents=True)
+    recipe = {**EXPORT_RECIPE, "data": {"dataset": "imagefolder", "root": str(images), "image_size": 32}}
+    run_dir = fake_run(tmp_path, recipe)
+    model = create_model("mobilenetv2_tiny", num_classes=2, in_chans=3)
+    torch.save(
+        {"model": "mobilenetv2_tiny", "num_classes": 2, "in_chans": 3, "state_dict": model.state_dict()},
+        run_dir / "student.pt",
+    )
+    code, err = run_export_cli(capsys, run_dir)
+    assert code == 2 and "imagefolder" in err and len(err.strip().splitlines()) == 1
+
+
+def test_compare_counts_agreement():
+    class Fixed(LiteRTRunner):
+        def __init__(self):
+            pass
+
+        def predict(self, images):
+            return np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+
+    result = compare(
+        Fixed(), np.zeros((3, 1, 2, 2)), np.array([0, 1, 1]), np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    )
+    assert result["agreement"] == pytest.approx(2 / 3) and result["accuracy"] == pytest.approx(2 / 3)
+    assert result["max_logit_error"] == pytest.approx(1.0)
