@@ -4,10 +4,13 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.edgekd-installed
 
-.PHONY: demo test fast-test lint clean
+.PHONY: demo readme test fast-test lint clean
 
-demo: $(INSTALLED)  ## distil the bundled quickstart recipe into runs/quickstart
-	$(BIN)/edgekd distill recipes/quickstart.yaml --overwrite
+demo: $(INSTALLED)  ## distil, export and benchmark the bundled quickstart recipe into runs/quickstart
+	$(BIN)/edgekd run recipes/quickstart.yaml --overwrite
+
+readme: demo  ## regenerate the README's report excerpt from runs/quickstart
+	$(BIN)/python benchmarks/suite/readme_excerpt.py runs/quickstart
 
 test: $(INSTALLED)  ## the whole suite, slow end-to-end tests included (what CI runs)
 	$(BIN)/python -m pytest

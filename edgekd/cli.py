@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from edgekd.errors import EdgeKDError
+from edgekd.errors import CheckFailed, EdgeKDError
 
 app = typer.Typer(
     add_completion=False,
@@ -61,6 +61,118 @@ def export(
     chosen = parse_formats(formats) if formats is not None else None
     report = export_run(run_dir, chosen, console=stderr)
     stdout.print(f"all {len(report['artefacts'])} artefacts verified: {run_dir / 'artefacts' / 'export.json'}")
+
+
+def _bench(source: Path, device: str, budget: str | None, latency_seconds: float, strict: bool) -> None:
+    from edgekd.benchmarks.bench import bench as run_bench
+    from edgekd.benchmarks.profiles import load_device, parse_budget
+
+    profile = load_device(device)
+    report = run_bench(
+        source, profile, parse_budget(budget, profile), latency_seconds=latency_seconds, strict=strict, console=stderr
+    )
+    out = source if source.is_dir() else source.parent / f"{source.stem}-report"
+    if report.verdict is not None:
+        mark = "[green]PASS[/green]" if report.verdict.passed else "[red]FAIL[/red]"
+        stdout.print(
+            f"{mark} {report.verdict.artefact} on {report.device.name}: "
+            + ", ".join(
+                f"{c.name} {'ok' if c.passed else 'over'} ({c.value / 1024:,.1f} of {c.limit / 1024:,.1f} KiB)"
+                if c.unit == "bytes"
+                else f"{c.name} {'ok' if c.passed else 'over'} ({c.value:,.1f} of {c.limit:,.1f} ms)"
+                for c in report.verdict.constraints
+            ),
+            highlight=False,
+        )
+    stdout.print(f"report: {out / 'report.md'}")
+
+
+@app.command()
+def bench(
+    source: Path = typer.Argument(..., help="a run directory (after `edgekd export`) or an .onnx/.tflite file"),
+    device: str = typer.Option(
+        "cortex-m4", "--device", help="a bundled profile (see benchmarks/devices) or a YAML path"
+    ),
+    budget: str | None = typer.Option(
+        None, "--budget", help="e.g. sram=256k,flash=1M,latency=100ms (default: the device's)"
+    ),
+    latency_seconds: float = typer.Option(1.0, "--latency-seconds", help="length of each of the five latency windows"),
+    strict: bool = typer.Option(False, "--strict", help="exit 1 when the int8 model does not fit the budget"),
+) -> None:
+    """Accuracy, host latency, MCU latency estimate, SRAM and flash of every artefact; a verdict and a report."""
+    _bench(source, device, budget, latency_seconds, strict)
+
+
+@app.command()
+def run(
+    recipe: str = typer.Argument(..., help="recipe YAML file, or the name of a bundled recipe"),
+    out: Path | None = typer.Option(None, "--out", help="run directory (default: <output_dir>/<name>)"),
+    resume: bool = typer.Option(False, "--resume", help="continue a killed or finished run"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="delete an earlier run in the run directory first"),
+    set_: list[str] = typer.Option([], "--set", help="override a recipe key, e.g. --set bench.device=stm32f746"),
+    strict: bool = typer.Option(False, "--strict", help="exit 1 when the int8 model does not fit the budget"),
+) -> None:
+    """Distil, export, benchmark and report: the whole path in one command."""
+    from edgekd.exporters.export import export_run
+    from edgekd.pipeline import default_run_dir, summary_table
+    from edgekd.pipeline import distill as run_distill
+    from edgekd.recipe import load_recipe
+
+    if resume and overwrite:
+        raise EdgeKDError("--resume and --overwrite contradict each other; pass one")
+    loaded = load_recipe(recipe, set_)
+    from edgekd.benchmarks.profiles import load_device, parse_budget
+
+    parse_budget(loaded.bench.budget, load_device(loaded.bench.device))  # bad device or budget: fail before training
+    run_dir = out if out is not None else default_run_dir(loaded)
+    summary = run_distill(loaded, run_dir, resume=resume, overwrite=overwrite, console=stderr)
+    stdout.print(summary_table(summary))
+    export_run(run_dir, console=stderr)
+    _bench(run_dir, loaded.bench.device, loaded.bench.budget, loaded.bench.latency_seconds, strict)
+
+
+@app.command()
+def fit(
+    device: str = typer.Option(..., "--device", help="a bundled profile or a YAML path"),
+    budget: str | None = typer.Option(None, "--budget", help="e.g. sram=256k,flash=1M (default: the device's)"),
+    classes: int = typer.Option(10, "--classes", min=2, help="number of classes"),
+    channels: int = typer.Option(3, "--channels", min=1, max=3, help="input channels (1 or 3)"),
+    min_resolution: int = typer.Option(64, "--min-resolution", min=32, help="smallest input size to consider"),
+    top: int = typer.Option(8, "--top", min=1, help="how many configurations to list"),
+) -> None:
+    """Which MobileNetV2-Tiny width × resolution fit the device (analytic, seconds), best first."""
+    from rich.table import Table
+
+    from edgekd.benchmarks.fit import recipe_block, search
+    from edgekd.benchmarks.profiles import load_device, parse_budget
+
+    profile = load_device(device)
+    limits = parse_budget(budget, profile)
+    found = search(limits, num_classes=classes, in_chans=channels, min_resolution=min_resolution)
+    if not found:
+        raise CheckFailed(
+            f"no MobileNetV2-Tiny of width ≥ 0.35 at ≥ {min_resolution} px fits "
+            f"{limits.sram_bytes / 1024:,.0f} KiB SRAM / {limits.flash_bytes / 1024:,.0f} KiB flash"
+        )
+    table = Table(
+        title=f"fits {profile.name}: SRAM {limits.sram_bytes / 1024:,.0f} KiB, "
+        f"flash {limits.flash_bytes / 1024:,.0f} KiB ({classes} classes, {channels} input channels)"
+    )
+    for column in ("width", "input", "MACs", "params", "activations", "arena (est.)", "flash (est.)"):
+        table.add_column(column, justify="right")
+    for c in found[:top]:
+        table.add_row(
+            f"{c.width:g}",
+            f"{c.resolution}×{c.resolution}",
+            f"{c.macs / 1e6:.1f} M",
+            f"{c.parameters / 1e6:.2f} M",
+            f"{c.activation_peak / 1024:,.1f} KiB",
+            f"{c.arena_estimate / 1024:,.1f} KiB",
+            f"{c.flash_estimate / 1024:,.1f} KiB",
+        )
+    stdout.print(table)
+    stdout.print("Ranked by MACs (the proxy for accuracy). Paste into a recipe:\n")
+    stdout.print(recipe_block(found[0], channels), highlight=False, markup=False)
 
 
 @app.command()

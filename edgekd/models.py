@@ -51,20 +51,23 @@ default_cfgs = generate_default_cfgs(
 
 
 @register_model
-def mobilenetv2_tiny(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+def mobilenetv2_tiny(pretrained: bool = False, width: float = 0.35, **kwargs: Any) -> nn.Module:
     """MobileNetV2 width 0.35 with the last 1×1 conv at 448 channels (0.35 × 1280) instead of timm's
     fixed 1280: MCUNet's TinyMobileNetV2, 0.75 M parameters and 23.5 M MACs at 144×144 (1000 classes).
 
     It pads like TensorFlow ("SAME": a stride-2 conv on an even input pads only bottom/right), the way
     TFLite kernels pad. PyTorch's symmetric padding would make the converter put a standalone PAD op
     before every stride-2 conv, and the PAD's output is what sets the TFLite-Micro arena's peak.
+
+    `width` scales every layer, the last 1×1 conv included (1280 × width), unlike timm's mobilenetv2_*
+    which keep 1280 features at every width; `fit` searches over it.
     """
     kwargs.setdefault("pad_type", "same")
     model_kwargs = dict(
         block_args=decode_arch_def(_MOBILENETV2_ARCH),
-        num_features=448,
+        num_features=round_channels(1280, multiplier=width),
         stem_size=32,
-        round_chs_fn=partial(round_channels, multiplier=0.35),
+        round_chs_fn=partial(round_channels, multiplier=width),
         norm_layer=kwargs.pop("norm_layer", None) or partial(nn.BatchNorm2d, **resolve_bn_args(kwargs)),
         act_layer=resolve_act_layer(kwargs, "relu6"),
         **kwargs,

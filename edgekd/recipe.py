@@ -138,6 +138,14 @@ class ExportConfig(StrictModel):
     max_int8_accuracy_drop: float = Field(0.01, ge=0, le=1)
 
 
+class BenchConfig(StrictModel):
+    """What `edgekd run` benchmarks the artefacts against."""
+
+    device: str = "cortex-m4"
+    budget: str | None = Field(None, description="e.g. sram=256k,flash=1M,latency=100ms (default: the device's)")
+    latency_seconds: float = Field(1.0, gt=0, description="length of each of the five latency windows")
+
+
 class Recipe(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
@@ -152,6 +160,7 @@ class Recipe(StrictModel):
     distill: KDConfig
     baseline: BaselineConfig = BaselineConfig()
     export: ExportConfig = ExportConfig()
+    bench: BenchConfig = BenchConfig()
 
     def baseline_train_config(self) -> TrainConfig:
         """The distill stage's training settings, with the baseline's own lr if it has one."""

@@ -22,15 +22,26 @@ class ArtefactError(EdgeKDError):
 
 
 class Runner:
+    """prepare (quantise, lay out) → invoke (the inference alone: what latency measures) → finish."""
+
     name = "runner"
     batch_size = 1
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        outputs = [self._run(images[i : i + self.batch_size]) for i in range(0, len(images), self.batch_size)]
+        outputs = [
+            self.finish(self.invoke(self.prepare(images[i : i + self.batch_size])))
+            for i in range(0, len(images), self.batch_size)
+        ]
         return np.concatenate(outputs).astype(np.float32)
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
+    def prepare(self, batch: np.ndarray):
+        return batch.astype(np.float32)
+
+    def invoke(self, prepared) -> np.ndarray:
         raise NotImplementedError
+
+    def finish(self, output: np.ndarray) -> np.ndarray:
+        return output
 
 
 class OnnxRunner(Runner):
@@ -51,12 +62,16 @@ class OnnxRunner(Runner):
             ) from None
         self.input_name = self.session.get_inputs()[0].name
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: batch.astype(np.float32)})[0]
+    @property
+    def nchw_shape(self) -> tuple[int, ...]:
+        return tuple(d if isinstance(d, int) else 1 for d in self.session.get_inputs()[0].shape)
+
+    def invoke(self, prepared: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: prepared})[0]
 
 
-class _QuantisedIO:
-    """Shared by the TFLite runners: layout and int8 (de)quantisation of one input and one output."""
+class QuantisedRunner(Runner):
+    """The TFLite runners: NHWC layout and int8 (de)quantisation of one input and one output."""
 
     def _setup_io(self, input_shape, input_dtype, input_quant, output_dtype, output_quant) -> None:
         self.input_shape = tuple(int(d) for d in input_shape)
@@ -64,23 +79,32 @@ class _QuantisedIO:
         self.input_scale, self.input_zero_point = input_quant
         self.output_scale, self.output_zero_point = output_quant
 
-    def quantise_input(self, image_nchw: np.ndarray) -> np.ndarray:
-        """One image C×H×W → the model's input tensor (NHWC when the model is; int8 when it is)."""
-        image = image_nchw
-        if self.input_shape[-1] == image.shape[0] and self.input_shape[1] != image.shape[0]:
+    @property
+    def nhwc(self) -> bool:
+        return self.input_shape[-1] <= 4 < self.input_shape[1]
+
+    @property
+    def nchw_shape(self) -> tuple[int, ...]:
+        n, a, b, c = self.input_shape
+        return (n, c, a, b) if self.nhwc else self.input_shape
+
+    def prepare(self, batch: np.ndarray) -> np.ndarray:
+        """One image (batch of one, NCHW) → the model's input tensor (NHWC when the model is; int8 when it is)."""
+        image = batch[0]
+        if self.nhwc:
             image = image.transpose(1, 2, 0)
         if self.input_dtype == np.int8:
             image = np.clip(np.round(image / self.input_scale) + self.input_zero_point, -128, 127)
         return image.astype(self.input_dtype).reshape(self.input_shape)
 
-    def dequantise_output(self, output: np.ndarray) -> np.ndarray:
+    def finish(self, output: np.ndarray) -> np.ndarray:
         output = output.astype(np.float32)
         if self.output_dtype == np.int8:
             output = (output - self.output_zero_point) * self.output_scale
         return output.reshape(1, -1)
 
 
-class LiteRTRunner(Runner, _QuantisedIO):
+class LiteRTRunner(QuantisedRunner):
     """ai-edge-litert. `reference_kernels=True` uses TFLite's reference int8 kernels, which match
     TFLite-Micro bit for bit; the default XNNPACK kernels are the fast host path."""
 
@@ -103,13 +127,13 @@ class LiteRTRunner(Runner, _QuantisedIO):
         self.input_index, self.output_index = inp["index"], out["index"]
         self._setup_io(inp["shape"], inp["dtype"], inp["quantization"], out["dtype"], out["quantization"])
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        self.interpreter.set_tensor(self.input_index, self.quantise_input(batch[0]))
+    def invoke(self, prepared: np.ndarray) -> np.ndarray:
+        self.interpreter.set_tensor(self.input_index, prepared)
         self.interpreter.invoke()
-        return self.dequantise_output(self.interpreter.get_tensor(self.output_index))
+        return self.interpreter.get_tensor(self.output_index)
 
 
-class MicroRunner(Runner, _QuantisedIO):
+class MicroRunner(QuantisedRunner):
     """TensorFlow Lite Micro's own interpreter and kernels, as on a microcontroller."""
 
     name = "tflite-micro"
@@ -125,10 +149,10 @@ class MicroRunner(Runner, _QuantisedIO):
         inp, out = self.interpreter.get_input_details(0), self.interpreter.get_output_details(0)
         self._setup_io(inp["shape"], inp["dtype"], _micro_quant(inp), out["dtype"], _micro_quant(out))
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        self.interpreter.set_input(self.quantise_input(batch[0]), 0)
+    def invoke(self, prepared: np.ndarray) -> np.ndarray:
+        self.interpreter.set_input(prepared, 0)
         self.interpreter.invoke()
-        return self.dequantise_output(self.interpreter.get_output(0))
+        return self.interpreter.get_output(0)
 
 
 def _micro_quant(details: dict) -> tuple[float, int]:

@@ -1,0 +1,249 @@
+"""`edgekd bench RUN_DIR|ARTEFACT --device NAME`: every artefact's accuracy (from the export's
+verification, in its own runtime), host latency per runtime, memory, MCU estimate, and a verdict for
+the int8 TFLite model against the device's budget. Writes report.json, report.md and plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from edgekd.benchmarks import latency as latency_method
+from edgekd.benchmarks.compute import layer_macs, mcu_latency
+from edgekd.benchmarks.memory import analyse
+from edgekd.benchmarks.profiles import Budget, Device
+from edgekd.benchmarks.report import (
+    Artefact,
+    Constraint,
+    HostLatency,
+    McuLatency,
+    PeakLayer,
+    Report,
+    Sram,
+    Verdict,
+    markdown,
+    plot_memory,
+    plot_tradeoffs,
+    plot_training,
+)
+from edgekd.benchmarks.report import Device as DeviceRecord
+from edgekd.benchmarks.results import machine_line
+from edgekd.exporters.runtimes import ArtefactError, measure_arena, runner_for
+from rich.console import Console
+
+from edgekd.errors import CheckFailed, EdgeKDError
+
+RUNTIMES = {
+    "onnx": ["onnxruntime"],
+    "onnx-int8": ["onnxruntime"],
+    "tflite": ["litert-xnnpack"],
+    "tflite-int8": ["litert-xnnpack", "litert-reference", "tflite-micro"],
+}
+WINDOWS = 5  # MLPerf Tiny: five inputs, one window each
+DEVICE_FORMAT = "tflite-int8"
+MCU_RUNTIME_FOR_VERDICT = "tflm-cmsis-nn"
+
+
+def _artefact_format(path: Path) -> str:
+    """What a lone file is, from its contents."""
+    if path.suffix == ".onnx":
+        import onnx
+
+        try:
+            graph = onnx.load(str(path)).graph
+        except Exception:  # noqa: BLE001 - protobuf parse errors come in many kinds
+            raise ArtefactError(f"{path} is not an ONNX model") from None
+        return "onnx-int8" if any(node.op_type == "QuantizeLinear" for node in graph.node) else "onnx"
+    if path.suffix == ".tflite":
+        from edgekd.exporters.tflite import ConversionError, read_graph
+
+        try:
+            _, graph, _ = read_graph(path)
+        except ConversionError as exc:
+            raise ArtefactError(str(exc)) from None
+        return "tflite-int8" if graph.tensors[int(graph.inputs[0])].type == 9 else "tflite"
+    raise ArtefactError(f"{path}: not an artefact edgekd benchmarks (.onnx or .tflite), or a run directory")
+
+
+def _collect(source: Path) -> tuple[list[tuple[str, Path]], dict, dict | None, np.ndarray | None]:
+    """(format, path) pairs, the export findings, the training summary, and test images (None for a lone file)."""
+    if source.is_dir():
+        export_json = source / "artefacts" / "export.json"
+        if not export_json.is_file():
+            raise EdgeKDError(f"{source} has no artefacts/export.json; run `edgekd export {source}` first")
+        exported = json.loads(export_json.read_text())
+        artefacts = [
+            (fmt, source / entry["path"])
+            for fmt, entry in exported["artefacts"].items()
+            if fmt in RUNTIMES and (source / entry["path"]).is_file()
+        ]
+        if not artefacts:
+            raise EdgeKDError(f"{source}: no exported model files found; run `edgekd export {source}`")
+        summary_path = source / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+        return artefacts, exported, summary, _test_images(source)
+    if not source.is_file():
+        raise EdgeKDError(f"{source} does not exist; give a run directory or an .onnx/.tflite file")
+    return [(_artefact_format(source), source)], {}, None, None
+
+
+def _test_images(run_dir: Path) -> np.ndarray:
+    from edgekd.data import load_data
+    from edgekd.recipe import parse_recipe
+
+    recipe = parse_recipe(yaml.safe_load((run_dir / "recipe.yaml").read_text()), source=str(run_dir / "recipe.yaml"))
+    data = load_data(recipe.data, recipe.seed)
+    return np.stack([data.test[i][0].numpy() for i in range(min(WINDOWS, len(data.test)))])
+
+
+def _inputs_for(runner, images: np.ndarray | None) -> list:
+    """Five prepared inputs: test images, or for a lone artefact random ones of its own shape."""
+    if images is None:
+        images = np.random.default_rng(0).standard_normal((WINDOWS, *runner.nchw_shape[1:])).astype(np.float32)
+    return [runner.prepare(image[None]) for image in images]
+
+
+def _sram(path: Path, int8: bool) -> tuple[Sram, int]:
+    profile = analyse(path)
+    arena = measure_arena(path) if int8 else None
+    peak = profile.peak
+    return Sram(
+        static_peak_bytes=profile.peak_bytes,
+        arena_total_bytes=arena and arena["total"],
+        arena_head_bytes=arena and arena["head"],
+        arena_tail_bytes=arena and arena["tail"],
+        io_bytes=profile.input_bytes + profile.output_bytes,
+        peak_layer=PeakLayer(index=peak.index, op=peak.op, output_shape=peak.output_shape),
+        layer_live_bytes=[layer.live_bytes for layer in profile.layers],
+    ), profile.file_bytes
+
+
+def verdict(artefact: Artefact, budget: Budget) -> Verdict:
+    """Pass/fail per constraint: the arena must fit SRAM, the model flash, the slow end of the MCU
+    estimate the latency budget (when one is given). A value equal to its limit passes."""
+    constraints = []
+    sram = artefact.sram
+    if sram is not None:
+        used = sram.arena_total_bytes if sram.arena_total_bytes is not None else sram.static_peak_bytes
+        basis = "TFLite-Micro arena, measured" if sram.arena_total_bytes is not None else "static activation peak"
+        constraints.append(
+            Constraint(
+                name="SRAM",
+                value=used,
+                limit=budget.sram_bytes,
+                unit="bytes",
+                margin=budget.sram_bytes - used,
+                passed=used <= budget.sram_bytes,
+                basis=basis,
+            )
+        )
+    if artefact.flash_bytes is not None:
+        constraints.append(
+            Constraint(
+                name="flash",
+                value=artefact.flash_bytes,
+                limit=budget.flash_bytes,
+                unit="bytes",
+                margin=budget.flash_bytes - artefact.flash_bytes,
+                passed=artefact.flash_bytes <= budget.flash_bytes,
+                basis="model flatbuffer",
+            )
+        )
+    if budget.latency_ms is not None and artefact.mcu_latency:
+        estimate = next(
+            (m for m in artefact.mcu_latency if m.runtime == MCU_RUNTIME_FOR_VERDICT), artefact.mcu_latency[0]
+        )
+        constraints.append(
+            Constraint(
+                name="latency",
+                value=estimate.high_ms,
+                limit=budget.latency_ms,
+                unit="ms",
+                margin=budget.latency_ms - estimate.high_ms,
+                passed=estimate.high_ms <= budget.latency_ms,
+                basis=f"slow end of the {estimate.runtime} estimate",
+            )
+        )
+    return Verdict(artefact=artefact.format, passed=all(c.passed for c in constraints), constraints=constraints)
+
+
+def bench(
+    source: Path,
+    device: Device,
+    budget: Budget,
+    *,
+    latency_seconds: float = 1.0,
+    out_dir: Path | None = None,
+    strict: bool = False,
+    console: Console | None = None,
+) -> Report:
+    console = console or Console(stderr=True)
+    source = Path(source)
+    artefacts, exported, summary, images = _collect(source)
+    torch.set_num_threads(1)  # one thread, as on an MCU and in MLPerf Tiny
+    records = []
+    for fmt, path in artefacts:
+        console.print(f"[bold]{fmt}[/bold] {path}")
+        found = exported.get("artefacts", {}).get(fmt, {}).get("results", {})
+        record = Artefact(
+            format=fmt,
+            path=str(path),
+            bytes=path.stat().st_size,
+            accuracy={runtime: r["accuracy"] for runtime, r in found.items()},
+            agreement={runtime: r["agreement"] for runtime, r in found.items()},
+        )
+        for runtime in RUNTIMES[fmt]:
+            runner = runner_for(path, runtime)
+            measured = latency_method.measure(runner.invoke, _inputs_for(runner, images), min_seconds=latency_seconds)
+            record.host_latency.append(
+                HostLatency(runtime=runtime, median_ms=measured.median_ms, p90_ms=measured.p90_ms, runs=measured.runs)
+            )
+            console.print(f"  host {runtime}: median {measured.median_ms:.3f} ms, p90 {measured.p90_ms:.3f} ms")
+        if fmt.startswith("tflite"):
+            record.sram, record.flash_bytes = _sram(path, int8=fmt == DEVICE_FORMAT)
+            layers = layer_macs(path)
+            record.macs = sum(layer.macs for layer in layers if layer.op_class != "other")
+            if fmt == DEVICE_FORMAT:
+                record.mcu_latency = [
+                    McuLatency(runtime=m.runtime, ms=m.ms, low_ms=m.low_ms, high_ms=m.high_ms, basis=m.basis)
+                    for m in mcu_latency(layers, device)
+                ]
+        records.append(record)
+    device_record = DeviceRecord(
+        name=device.name,
+        description=device.description,
+        clock_mhz=device.clock_mhz,
+        sram_bytes=budget.sram_bytes,
+        flash_bytes=budget.flash_bytes,
+        latency_ms=budget.latency_ms,
+    )
+    target = next((r for r in records if r.format == DEVICE_FORMAT), None)
+    report = Report(
+        source=str(source),
+        machine=machine_line(),
+        device=device_record,
+        training=summary,
+        student_accuracy=exported.get("student", {}).get("accuracy"),
+        test_images=exported.get("test_images"),
+        artefacts=records,
+        verdict=verdict(target, budget) if target else None,
+    )
+
+    out = out_dir or (source if source.is_dir() else source.parent / f"{source.stem}-report")
+    out.mkdir(parents=True, exist_ok=True)
+    plots = [
+        plot_training(source / "metrics.csv", out / "training.png") if source.is_dir() else None,
+        plot_tradeoffs(report, out / "tradeoffs.png"),
+        plot_memory(target, budget.sram_bytes, out / "memory.png") if target else None,
+    ]
+    report.plots = [p.name for p in plots if p is not None]
+    (out / "report.json").write_text(report.model_dump_json(indent=2) + "\n")
+    (out / "report.md").write_text(markdown(report))
+    if strict and report.verdict is not None and not report.verdict.passed:
+        failed = [f"{c.name} {c.value:,.0f} > {c.limit:,.0f}" for c in report.verdict.constraints if not c.passed]
+        raise CheckFailed(
+            f"{report.verdict.artefact} does not fit {device.name}: {'; '.join(failed)} (see {out / 'report.md'})"
+        )
+    return report

@@ -1,0 +1,173 @@
+"""`edgekd fit`: which MobileNetV2-Tiny width × input resolution fits a device, found analytically.
+
+For each candidate the int8 TFLite graph edgekd would export is simulated from the timm model: op
+order, tensor shapes, and which tensors are live (a residual block's input stays live until its ADD;
+BatchNorm and ReLU6 fold into the convs). That gives the activation peak exactly as the static
+analysis of the exported file does, in milliseconds instead of a conversion. Flash and TFLite-Micro's
+persistent "tail" are estimated from the layer sizes, with constants fitted to exported models
+(see `tests/test_fit.py`, which checks the estimates against real exports).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from edgekd.benchmarks.profiles import Budget
+from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual
+from torch import nn
+
+from edgekd.models import create_model
+
+ALIGN = 16
+WIDTHS = (0.35, 0.5, 0.75, 1.0)
+# Constants fitted to exported int8 MobileNetV2-Tiny models (widths 0.35-0.75, 64-128 px, 10 and 1000
+# classes; tests/test_fit.py re-checks them against exports):
+# - TFLite-Micro's persistent "tail" (x86-64): 8 B per output channel of every conv/FC (requantisation
+#   multiplier and shift) plus a fixed part; exact on all four fitted models.
+# - its greedy planner can use more than the activation bound (6.7 % at width 0.5, 96 px): allow 10 %.
+# - flash: int8 weights, plus per output channel an int32 bias and the weights' scale and zero point,
+#   plus the flatbuffer's structure; within 0.04 % (1.4 % over for 1000 classes).
+TAIL_PER_CHANNEL = 8
+TAIL_FIXED = 15_456
+PLANNER_ALLOWANCE = 1.10
+FLASH_PER_CHANNEL = 25
+FLASH_FIXED = 25_500
+
+
+def _aligned(size: int) -> int:
+    return (size + ALIGN - 1) // ALIGN * ALIGN
+
+
+@dataclass
+class Candidate:
+    width: float
+    resolution: int
+    macs: int
+    parameters: int
+    activation_peak: int
+    arena_estimate: int
+    flash_estimate: int
+
+    def fits(self, budget: Budget) -> bool:
+        return self.arena_estimate <= budget.sram_bytes and self.flash_estimate <= budget.flash_bytes
+
+
+def _conv_output_shapes(model: nn.Module, in_chans: int, resolution: int) -> dict[nn.Module, tuple[int, ...]]:
+    shapes: dict[nn.Module, tuple[int, ...]] = {}
+    hooks = [
+        m.register_forward_hook(lambda mod, _i, out: shapes.__setitem__(mod, tuple(out.shape)))
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, in_chans, resolution, resolution))
+    for hook in hooks:
+        hook.remove()
+    return shapes
+
+
+def _macs(shapes: dict[nn.Module, tuple[int, ...]]) -> int:
+    """Each output element of a conv costs (in/groups)·kh·kw MACs; a linear layer in·out."""
+    total = 0
+    for module, shape in shapes.items():
+        if isinstance(module, nn.Conv2d):
+            kh, kw = module.kernel_size
+            total += int(torch.tensor(shape).prod()) * module.in_channels // module.groups * kh * kw
+        else:
+            total += module.in_features * module.out_features
+    return total
+
+
+def simulate(model: nn.Module, in_chans: int, resolution: int) -> tuple[int, list[int], int]:
+    """(activation peak in bytes, live bytes per op, MACs) of the int8 graph."""
+    shapes = _conv_output_shapes(model, in_chans, resolution)
+
+    def size(module: nn.Module) -> int:
+        return _aligned(int(torch.tensor(shapes[module]).prod()))
+
+    live_per_op: list[int] = []
+
+    def op(*tensors: int) -> None:
+        live_per_op.append(sum(tensors))
+
+    x = _aligned(in_chans * resolution * resolution)
+    stem = size(model.conv_stem)
+    op(x, stem)
+    x = stem
+    for block in (b for stage in model.blocks for b in stage):
+        skip = x if block.has_skip else 0
+        if isinstance(block, DepthwiseSeparableConv):
+            dw, pw = size(block.conv_dw), size(block.conv_pw)
+            op(x, dw)
+            op(skip, dw, pw)
+            y = pw
+        elif isinstance(block, InvertedResidual):
+            expand, dw, project = size(block.conv_pw), size(block.conv_dw), size(block.conv_pwl)
+            op(x, expand)
+            op(skip, expand, dw)
+            op(skip, dw, project)
+            y = project
+        else:
+            raise ValueError(f"fit models MobileNetV2 blocks only, not {type(block).__name__}")
+        if skip:
+            op(skip, y, y)  # ADD writes a new tensor while both inputs are live
+        x = y
+    head = size(model.conv_head)
+    op(x, head)
+    pooled = _aligned(shapes[model.conv_head][1])
+    op(head, pooled)
+    op(pooled, size(model.classifier))
+    return max(live_per_op), live_per_op, _macs(shapes)
+
+
+def estimate(
+    width: float, resolution: int, num_classes: int, in_chans: int, model: nn.Module | None = None
+) -> Candidate:
+    model = model or create_model(
+        "mobilenetv2_tiny", num_classes=num_classes, in_chans=in_chans, kwargs={"width": width}
+    )
+    peak, _, macs = simulate(model, in_chans, resolution)
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    channels = sum(m.out_channels if isinstance(m, nn.Conv2d) else m.out_features for m in layers)
+    weights = sum(m.weight.numel() for m in layers)
+    tail = TAIL_FIXED + TAIL_PER_CHANNEL * channels
+    flash = FLASH_FIXED + weights + FLASH_PER_CHANNEL * channels
+    return Candidate(
+        width=width,
+        resolution=resolution,
+        macs=macs,
+        parameters=sum(p.numel() for p in model.parameters()),
+        activation_peak=peak,
+        arena_estimate=int(PLANNER_ALLOWANCE * peak) + tail,
+        flash_estimate=flash,
+    )
+
+
+def search(
+    budget: Budget,
+    *,
+    num_classes: int,
+    in_chans: int = 3,
+    min_resolution: int = 64,
+    max_resolution: int = 224,
+    step: int = 16,
+    widths: tuple[float, ...] = WIDTHS,
+) -> list[Candidate]:
+    """Every width × resolution that fits, best first (most MACs: the proxy for accuracy)."""
+    fitting = []
+    for width in widths:
+        model = create_model("mobilenetv2_tiny", num_classes=num_classes, in_chans=in_chans, kwargs={"width": width})
+        for resolution in range(min_resolution, max_resolution + 1, step):
+            candidate = estimate(width, resolution, num_classes, in_chans, model)
+            if not candidate.fits(budget):
+                break  # larger inputs only need more memory
+            fitting.append(candidate)
+    return sorted(fitting, key=lambda c: c.macs, reverse=True)
+
+
+def recipe_block(candidate: Candidate, in_chans: int) -> str:
+    return (
+        f"data:\n  image_size: {candidate.resolution}\n  channels: {in_chans}\n"
+        f"student:\n  model: mobilenetv2_tiny\n  kwargs: {{width: {candidate.width}}}\n"
+    )

@@ -1,0 +1,112 @@
+"""Device profiles (benchmarks/devices/*.yaml, or a user's YAML file) and budgets like `sram=256k,flash=1M`."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from importlib import resources
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgekd.errors import EdgeKDError
+
+OP_CLASSES = ("conv", "depthwise", "fully_connected", "other")
+
+
+class DeviceError(EdgeKDError):
+    """Unknown device, malformed profile or budget."""
+
+
+class RuntimeCost(BaseModel):
+    """Cycles per MAC ([low, high]) by operator class for one MCU runtime; `other` is per output element."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: str
+    conv: tuple[float, float]
+    depthwise: tuple[float, float]
+    fully_connected: tuple[float, float]
+    other: tuple[float, float]
+
+
+class Device(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    description: str = ""
+    core: str | None = None
+    clock_mhz: float | None = Field(None, gt=0)
+    sram_kb: float = Field(gt=0)
+    flash_kb: float = Field(gt=0)
+    runtimes: dict[str, RuntimeCost] = Field(default_factory=dict)
+
+    @property
+    def sram_bytes(self) -> int:
+        return int(self.sram_kb * 1024)
+
+    @property
+    def flash_bytes(self) -> int:
+        return int(self.flash_kb * 1024)
+
+
+class Budget(BaseModel):
+    sram_bytes: int
+    flash_bytes: int
+    latency_ms: float | None = None
+
+
+def bundled_devices() -> dict[str, Path]:
+    folder = resources.files("edgekd.benchmarks.devices")
+    return {Path(e.name).stem: Path(str(e)) for e in folder.iterdir() if e.name.endswith(".yaml")}
+
+
+def load_device(name_or_path: str) -> Device:
+    path = Path(name_or_path)
+    if not path.is_file():
+        bundled = bundled_devices()
+        if name_or_path not in bundled:
+            close = difflib.get_close_matches(name_or_path, list(bundled), n=1, cutoff=0.5)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise DeviceError(
+                f"unknown device '{name_or_path}'{hint} (known: {', '.join(sorted(bundled))}; "
+                "or give a profile YAML path)"
+            )
+        path = bundled[name_or_path]
+    try:
+        return Device.model_validate(yaml.safe_load(path.read_text()))
+    except yaml.YAMLError as exc:
+        raise DeviceError(f"device profile {path}: malformed YAML ({str(exc).splitlines()[0]})") from None
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise DeviceError(f"device profile {path}: '{'.'.join(map(str, error['loc']))}': {error['msg']}") from None
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmM]i?[bB]?|[bB])?\s*$")
+_TIME = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s)?\s*$")
+
+
+def parse_size(text: str) -> int:
+    """'256k', '256kB', '1M', '1.5MiB', '4096' → bytes (k = 1024, as MCU memories are counted)."""
+    match = _SIZE.match(text)
+    if not match:
+        raise DeviceError(f"'{text}' is not a size; write e.g. 256k, 1M or 4096")
+    value, unit = float(match.group(1)), (match.group(2) or "b").lower()
+    return int(value * {"k": 1024, "m": 1024**2}.get(unit[0], 1))
+
+
+def parse_budget(text: str | None, device: Device) -> Budget:
+    """`sram=256k,flash=1M,latency=50ms`; what is not given comes from the device."""
+    budget = {"sram_bytes": device.sram_bytes, "flash_bytes": device.flash_bytes, "latency_ms": None}
+    for part in [p for p in (text or "").split(",") if p.strip()]:
+        key, sep, value = part.partition("=")
+        key = key.strip().lower()
+        if not sep or key not in ("sram", "flash", "latency"):
+            raise DeviceError(f"budget '{part}' does not parse; write e.g. sram=256k,flash=1M,latency=100ms")
+        if key == "latency":
+            match = _TIME.match(value)
+            if not match:
+                raise DeviceError(f"latency budget '{value}' does not parse; write e.g. 100ms or 0.5s")
+            budget["latency_ms"] = float(match.group(1)) * (1000 if match.group(2) == "s" else 1)
+        else:
+            budget[f"{key}_bytes"] = parse_size(value)
+    return Budget(**budget)
