@@ -162,7 +162,9 @@ def distill(
         return model, result
 
     def name_to_method(name: str, model: nn.Module):
-        return build_method(recipe.distill, model, teacher) if name == "student" else Plain(model)
+        if name != "student":
+            return Plain(model)
+        return build_method(recipe.distill, model, teacher, in_chans=data.in_chans, image_size=data.image_size)
 
     def new_student() -> nn.Module:
         torch.manual_seed(recipe.seed + 1)  # baseline and distilled student start from the same weights

@@ -8,10 +8,10 @@ import types
 import typing
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from edgekd.errors import RecipeError
 
@@ -120,6 +120,80 @@ class KDConfig(TrainConfig):
     w_kd: float = Field(0.9, ge=0)
 
 
+class HintsConfig(TrainConfig):
+    """FitNets (Romero et al. 2015): a connector maps a student stage onto a teacher stage, L2 between them."""
+
+    method: Literal["hints"] = "hints"
+    student_stage: int | str | None = Field(None, description="feature_info index or module name; default: middle")
+    teacher_stage: int | str | None = None
+    w_ce: float = Field(1.0, ge=0)
+    w_hint: float = Field(1.0, ge=0)
+    w_kd: float = Field(0.0, ge=0)
+    temperature: float = Field(4.0, gt=0)
+    hint_schedule: Literal["joint", "stagewise"] = "joint"
+    hint_epochs: int = Field(0, ge=0, description="stagewise: epochs on the hint alone before the task losses")
+
+    @model_validator(mode="after")
+    def _stagewise_needs_epochs(self) -> HintsConfig:
+        if self.hint_schedule == "stagewise" and not 0 < self.hint_epochs < self.epochs:
+            raise ValueError("hint_schedule: stagewise needs 0 < hint_epochs < epochs")
+        return self
+
+
+class ProKTConfig(TrainConfig):
+    """ProKT (Shi et al. 2021): the teacher steps toward the student each batch, the student follows it."""
+
+    method: Literal["prokt"] = "prokt"
+    kl_weight: float = Field(0.4, ge=0, le=1, description="λ in the teacher's (1−λ)·CE + λ·KL(student ‖ teacher)")
+    temperature: float = Field(1.0, gt=0)
+    w_ce: float = Field(0.0, ge=0)
+    teacher_lr: float = Field(0.001, gt=0)
+    teacher_optimizer: Literal["sgd", "adamw"] = "sgd"
+
+
+class DKDConfig(TrainConfig):
+    """Decoupled KD (Zhao et al. 2022): CE + warm-up · (α·TCKD + β·NCKD) · T²."""
+
+    method: Literal["dkd"] = "dkd"
+    w_ce: float = Field(1.0, ge=0)
+    alpha: float = Field(1.0, ge=0)
+    beta: float = Field(8.0, ge=0)
+    temperature: float = Field(4.0, gt=0)
+    warmup_epochs: float | None = Field(None, ge=0, description="default: the paper's 20 of 240 epochs, scaled")
+
+    def warmup(self) -> float:
+        return self.warmup_epochs if self.warmup_epochs is not None else max(1.0, 20 * self.epochs / 240)
+
+
+class ATConfig(TrainConfig):
+    """Attention transfer (Zagoruyko & Komodakis 2017) between chosen stage pairs."""
+
+    method: Literal["at"] = "at"
+    stages: list[tuple[int | str, int | str]] = Field(default_factory=list, description="[student, teacher] pairs")
+    w_ce: float = Field(1.0, ge=0)
+    w_at: float = Field(1000.0, ge=0)
+    w_kd: float = Field(0.0, ge=0)
+    temperature: float = Field(4.0, gt=0)
+    p: float = Field(2.0, gt=0)
+
+
+METHODS = {"kd": KDConfig, "hints": HintsConfig, "prokt": ProKTConfig, "dkd": DKDConfig, "at": ATConfig}
+
+
+def _method_of(value: Any) -> str:
+    return value.get("method", "kd") if isinstance(value, dict) else getattr(value, "method", "kd")
+
+
+DistillConfig = Annotated[
+    Annotated[KDConfig, Tag("kd")]
+    | Annotated[HintsConfig, Tag("hints")]
+    | Annotated[ProKTConfig, Tag("prokt")]
+    | Annotated[DKDConfig, Tag("dkd")]
+    | Annotated[ATConfig, Tag("at")],
+    Discriminator(_method_of),
+]
+
+
 class BaselineConfig(StrictModel):
     """The same student trained without a teacher, on the same data, epochs and optimiser."""
 
@@ -157,7 +231,7 @@ class Recipe(StrictModel):
     data: DataConfig
     teacher: TeacherConfig
     student: StudentConfig = StudentConfig()
-    distill: KDConfig
+    distill: DistillConfig
     baseline: BaselineConfig = BaselineConfig()
     export: ExportConfig = ExportConfig()
     bench: BenchConfig = BenchConfig()
@@ -248,11 +322,20 @@ def parse_recipe(raw: dict, source: str = "recipe") -> Recipe:
 
 def _describe(error: dict) -> str:
     loc = [str(part) for part in error["loc"]]
+    if loc[:1] == ["distill"] and len(loc) > 1 and loc[1] in METHODS:  # pydantic puts the method tag in the path
+        method, loc = loc[1], [loc[0], *loc[2:]]
+    else:
+        method = None
     key = ".".join(loc)
     kind = error["type"]
     if kind == "extra_forbidden":
-        valid = _fields_at(Recipe, loc[:-1])
+        valid = list(METHODS[method].model_fields) if method else _fields_at(Recipe, loc[:-1])
         return f"unknown key '{key}'{_did_you_mean(loc[-1], valid)}"
+    if kind == "union_tag_invalid":
+        got = error.get("ctx", {}).get("tag")
+        return (
+            f"'{key}.method' is {got!r}; expected one of {', '.join(METHODS)}{_did_you_mean(str(got), list(METHODS))}"
+        )
     if kind == "missing":
         return f"missing required key '{key}'"
     if kind in ("literal_error", "enum"):

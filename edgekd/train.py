@@ -258,6 +258,7 @@ def train_stage(
             loader = make_loader(data.train, batch_size, train=True, seed=seed * 1_000_003 + epoch, workers=workers)
             task = progress.add_task(f"{stage:>8} {epoch:>3}/{config.epochs}", total=len(loader), status="")
             method.train()
+            method.start_epoch(epoch, config.epochs)
             sums: dict[str, float] = {}
             correct, seen, epoch_started = 0, 0, time.perf_counter()
             for step, (images, labels) in enumerate(loader):

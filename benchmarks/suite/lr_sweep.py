@@ -68,7 +68,8 @@ def main() -> None:
             if args.stage == "baseline":
                 config, method = recipe.baseline_train_config(), Plain(student)
             else:
-                config, method = recipe.distill, build_method(recipe.distill, student, teacher)
+                config = recipe.distill
+                method = build_method(config, student, teacher, in_chans=data.in_chans, image_size=data.image_size)
             config = config.model_copy(update={"lr": lr})
             result = train_stage(f"lr={lr:g}", method, config, data, runtime, **common)
             rows.append((lr, result.val_accuracy, result.test_accuracy))

@@ -21,6 +21,10 @@ class DistillMethod(nn.Module):
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        """Called by the loop before each epoch (1-based): for warm-ups and staged schedules."""
+        del epoch, epochs
+
     def trainable_modules(self) -> dict[str, nn.Module]:
         """Modules whose parameters the loop's optimiser trains and whose state it checkpoints."""
         return {"student": self.student}

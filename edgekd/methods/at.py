@@ -1,0 +1,58 @@
+"""Attention transfer, Zagoruyko & Komodakis 2017, "Paying more attention to attention".
+
+An attention map is the mean over channels of |activation|^p (p = 2), flattened and L2-normalised; the
+loss is the mean squared difference between student and teacher maps of each chosen stage pair
+(resized to the teacher's size when they differ), summed over pairs: w_ce·CE + w_at·Σ AT (+ w_kd·KD).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgekd.methods.base import FrozenTeacherMethod
+from edgekd.methods.features import logits_and_features, stage_index
+from edgekd.methods.kd import kd_loss
+
+
+def attention_map(features: torch.Tensor, p: float = 2.0, size: tuple[int, int] | None = None) -> torch.Tensor:
+    attention = features.abs().pow(p).mean(dim=1, keepdim=True)
+    if size is not None and tuple(attention.shape[-2:]) != tuple(size):
+        attention = F.interpolate(attention, size=size, mode="bilinear", align_corners=False)
+    return F.normalize(attention.flatten(1), dim=1)
+
+
+def attention_loss(student_features: torch.Tensor, teacher_features: torch.Tensor, p: float = 2.0) -> torch.Tensor:
+    size = tuple(teacher_features.shape[-2:])
+    return (attention_map(student_features, p, size) - attention_map(teacher_features, p)).pow(2).mean()
+
+
+class AttentionTransfer(FrozenTeacherMethod):
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        *,
+        stages: list[tuple[int | str, int | str]],
+        w_ce: float,
+        w_at: float,
+        w_kd: float,
+        temperature: float,
+        p: float,
+    ):
+        super().__init__(student, teacher)
+        pairs = stages or [(i, i) for i in range(1, len(student.feature_info))]
+        self.student_indices = [stage_index(student, s) for s, _ in pairs]
+        self.teacher_indices = [stage_index(teacher, t) for _, t in pairs]
+        self.w_ce, self.w_at, self.w_kd, self.temperature, self.p = w_ce, w_at, w_kd, temperature, p
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        student_logits, student_features = logits_and_features(self.student, images, self.student_indices)
+        with torch.no_grad():
+            teacher_logits, teacher_features = logits_and_features(self.teacher, images, self.teacher_indices)
+        at = sum(attention_loss(s, t, self.p) for s, t in zip(student_features, teacher_features, strict=True))
+        losses = {"ce": self.w_ce * F.cross_entropy(student_logits, labels), "at": self.w_at * at}
+        if self.w_kd:
+            losses["kd"] = self.w_kd * kd_loss(student_logits, teacher_logits, self.temperature)
+        return student_logits, losses

@@ -1,0 +1,256 @@
+"""Distillation methods beyond KD: each loss against a hand computation, and gradients only where due."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgekd.errors import RecipeError
+from edgekd.methods import DKD, AttentionTransfer, Hints, ProKT, build_method
+from edgekd.methods.at import attention_loss, attention_map
+from edgekd.methods.dkd import dkd_terms
+from edgekd.methods.kd import kd_loss
+from edgekd.methods.prokt import teacher_loss
+from edgekd.models import create_model
+from edgekd.recipe import parse_recipe
+
+
+def pair(seed=0):
+    torch.manual_seed(seed)
+    student = create_model("mobilenetv2_tiny", num_classes=4, in_chans=1)
+    teacher = create_model("resnet10t", num_classes=4, in_chans=1)
+    return student, teacher
+
+
+def batch():
+    torch.manual_seed(1)
+    return torch.randn(4, 1, 32, 32), torch.tensor([0, 1, 2, 3])
+
+
+def grads(module):
+    return [p.grad for p in module.parameters()]
+
+
+def test_hint_connector_matches_any_stage_pair():
+    student, teacher = pair()
+    # resnet10t stage 2: 128 ch at 1/8 (4×4 at 32 px) ← mobilenetv2_tiny stage 1: 8 ch at 1/4 (8×8): strided 3×3.
+    method = Hints(
+        student,
+        teacher,
+        in_chans=1,
+        image_size=32,
+        student_stage=1,
+        teacher_stage="layer2",
+        w_ce=1.0,
+        w_hint=2.0,
+        w_kd=0.0,
+        temperature=4.0,
+        stagewise=False,
+        hint_epochs=0,
+    )
+    assert method.connector.conv.in_channels == 8 and method.connector.conv.out_channels == 128
+    assert method.connector.conv.stride == (2, 2) and method.connector.conv.kernel_size == (3, 3)
+    images, labels = batch()
+    method.eval()  # BatchNorm with running statistics: an exact, repeatable value
+    with torch.no_grad():
+        _, (student_features,) = student.forward_intermediates(images, indices=[1])
+        _, (teacher_features,) = teacher.forward_intermediates(images, indices=[2])
+        expected = 2.0 * F.mse_loss(method.connector(student_features), teacher_features)
+        assert method(images, labels)[1]["hint"].item() == pytest.approx(expected.item(), rel=1e-5)
+    method.train()
+    _, losses = method(images, labels)
+    assert set(losses) == {"ce", "hint"}
+    sum(losses.values()).backward()
+    assert all(g is not None for g in grads(method.connector))
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    assert set(method.trainable_modules()) == {"student", "connector"}
+
+
+def test_stagewise_hints_train_only_the_lower_student():
+    student, teacher = pair()
+    method = Hints(
+        student,
+        teacher,
+        in_chans=1,
+        image_size=32,
+        student_stage=2,
+        teacher_stage=2,
+        w_ce=1.0,
+        w_hint=1.0,
+        w_kd=0.0,
+        temperature=4.0,
+        stagewise=True,
+        hint_epochs=2,
+    )
+    images, labels = batch()
+    method.train()
+    method.start_epoch(1, 5)
+    _, losses = method(images, labels)
+    assert set(losses) == {"hint"}
+    losses["hint"].backward()
+    assert student.conv_stem.weight.grad is not None
+    assert student.classifier.weight.grad is None and student.conv_head.weight.grad is None
+    method.start_epoch(3, 5)
+    assert set(method(images, labels)[1]) == {"ce"}
+
+
+def test_attention_map_by_hand():
+    features = torch.tensor([[[[1.0, 2.0]], [[3.0, 0.0]]]])  # 1×2×1×2
+    raw = torch.tensor([(1 + 9) / 2, (4 + 0) / 2])
+    assert torch.allclose(attention_map(features), (raw / raw.norm()).unsqueeze(0))
+    assert attention_loss(features, features * 3).item() == pytest.approx(0.0, abs=1e-7)  # scale-free
+
+
+def test_attention_transfer_losses_and_gradients():
+    student, teacher = pair()
+    method = AttentionTransfer(
+        student, teacher, stages=[(2, 2), (3, 3)], w_ce=1.0, w_at=1000.0, w_kd=0.5, temperature=4.0, p=2.0
+    )
+    images, labels = batch()
+    method.train()
+    _, losses = method(images, labels)
+    assert set(losses) == {"ce", "at", "kd"} and losses["at"].item() > 0
+    sum(losses.values()).backward()
+    assert student.conv_stem.weight.grad is not None
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_dkd_terms_by_hand():
+    student = torch.tensor([[2.0, 1.0, 0.0]])
+    teacher = torch.tensor([[3.0, 0.5, 0.5]])
+    labels = torch.tensor([0])
+    T = 2.0
+
+    def softmax(values):
+        exps = [math.exp(v / T) for v in values]
+        return [e / sum(exps) for e in exps]
+
+    p_s, p_t = softmax(student[0].tolist()), softmax(teacher[0].tolist())
+    b_s, b_t = [p_s[0], 1 - p_s[0]], [p_t[0], 1 - p_t[0]]
+    tckd = sum(t * math.log(t / s) for t, s in zip(b_t, b_s, strict=True)) * T**2
+    q_s = [p / (1 - p_s[0]) for p in p_s[1:]]
+    q_t = [p / (1 - p_t[0]) for p in p_t[1:]]
+    nckd = sum(t * math.log(t / s) for t, s in zip(q_t, q_s, strict=True)) * T**2
+    got_tckd, got_nckd = dkd_terms(student, teacher, labels, T)
+    assert got_tckd.item() == pytest.approx(tckd, rel=1e-5) and got_nckd.item() == pytest.approx(nckd, rel=1e-5)
+    # The decomposition DKD rests on: KD = TCKD + (1 − p_t(target)) · NCKD.
+    assert kd_loss(student, teacher, T).item() == pytest.approx(tckd + (1 - p_t[0]) * nckd, rel=1e-5)
+
+
+def test_dkd_warms_up():
+    student, teacher = pair()
+    method = DKD(student, teacher, w_ce=1.0, alpha=1.0, beta=8.0, temperature=4.0, warmup_epochs=4)
+    images, labels = batch()
+    method.start_epoch(1, 10)
+    quarter = method(images, labels)[1]["nckd"].item()
+    method.start_epoch(6, 10)
+    full = method(images, labels)[1]["nckd"].item()
+    assert quarter == pytest.approx(full / 4, rel=1e-5)
+
+
+def test_prokt_teacher_loss_by_hand():
+    teacher_logits, student_logits, labels = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]]), torch.tensor([0])
+    p_t, q_s = torch.softmax(teacher_logits, 1)[0], torch.softmax(student_logits, 1)[0]
+    kl = float((q_s * (q_s / p_t).log()).sum())
+    ce = -math.log(float(p_t[0]))
+    assert teacher_loss(teacher_logits, student_logits, labels, 0.4).item() == pytest.approx(
+        0.6 * ce + 0.4 * kl, rel=1e-5
+    )
+
+
+def test_prokt_teacher_moves_by_its_own_optimiser_only():
+    student, teacher = pair()
+    method = ProKT(student, teacher, teacher_lr=0.01, kl_weight=0.4, temperature=1.0, w_ce=0.0)
+    images, labels = batch()
+    before = [p.detach().clone() for p in teacher.parameters()]
+    method.train()
+    _, losses = method(images, labels)
+    assert any(not torch.equal(b, p) for b, p in zip(before, teacher.parameters(), strict=True)), "teacher stepped"
+    teacher.zero_grad(set_to_none=True)
+    sum(losses.values()).backward()
+    assert all(p.grad is None for p in teacher.parameters()), "the student's loss does not reach the teacher"
+    assert student.classifier.weight.grad is not None
+    assert set(method.trainable_modules()) == {"student"} and set(method.extra_state()) == {
+        "teacher",
+        "teacher_optimizer",
+    }
+    frozen = [p.detach().clone() for p in teacher.parameters()]
+    method.eval()
+    method(images, labels)
+    assert all(torch.equal(f, p) for f, p in zip(frozen, teacher.parameters(), strict=True)), "no teacher step in eval"
+
+
+def test_prokt_on_a_toy_problem_teacher_learns_and_stays_reachable():
+    """Linear teacher and student on separable 2-D data: the teacher's CE falls while KL(student ‖ teacher) stays
+    bounded, because the teacher is pulled toward the student."""
+    torch.manual_seed(0)
+    points = torch.randn(256, 2)
+    labels = (points[:, 0] + 0.5 * points[:, 1] > 0).long()
+    student, teacher = nn.Linear(2, 2), nn.Linear(2, 2)
+    method = ProKT(student, teacher, teacher_lr=0.1, kl_weight=0.4, temperature=1.0, w_ce=0.0)
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
+    method.train()
+    teacher_ce, kls = [], []
+    for _ in range(200):
+        _, losses = method(points, labels)
+        optimizer.zero_grad()
+        losses["kd"].backward()
+        optimizer.step()
+        with torch.no_grad():
+            teacher_ce.append(F.cross_entropy(teacher(points), labels).item())
+            kls.append(kd_loss(teacher(points), student(points), 1.0).item())
+    assert teacher_ce[-1] < 0.5 * teacher_ce[0]
+    assert max(kls) < 0.5
+
+
+def test_recipe_selects_each_method(tiny_recipe):
+    student, teacher = pair()
+    for method, extra, cls in [
+        ("hints", {"hint_schedule": "stagewise", "hint_epochs": 1}, Hints),
+        ("prokt", {"kl_weight": 0.3}, ProKT),
+        ("dkd", {}, DKD),
+        ("at", {}, AttentionTransfer),
+    ]:
+        tiny_recipe["distill"] = {"method": method, "epochs": 2, "lr": 0.01, **extra}
+        config = parse_recipe(tiny_recipe).distill
+        assert isinstance(build_method(config, student, teacher, in_chans=1, image_size=32), cls)
+
+
+@pytest.mark.parametrize(
+    ("distill", "expected"),
+    [
+        (
+            {"method": "dkdd"},
+            "'distill.method' is 'dkdd'; expected one of kd, hints, prokt, dkd, at; did you mean 'dkd'?",
+        ),
+        ({"method": "prokt", "lamda": 0.4}, "unknown key 'distill.lamda'"),
+        ({"method": "hints", "hint_schedule": "stagewise"}, "needs 0 < hint_epochs < epochs"),
+        ({"method": "dkd", "temprature": 4}, "unknown key 'distill.temprature'; did you mean 'temperature'?"),
+    ],
+)
+def test_method_schema_errors(tiny_recipe, distill, expected):
+    tiny_recipe["distill"] = {"epochs": 2, "lr": 0.01, **distill}
+    with pytest.raises(RecipeError) as error:
+        parse_recipe(tiny_recipe)
+    assert expected in str(error.value)
+
+
+def test_bad_stage_name():
+    student, teacher = pair()
+    with pytest.raises(RecipeError, match="no feature stage 'layer9'"):
+        Hints(
+            student,
+            teacher,
+            in_chans=1,
+            image_size=32,
+            student_stage=1,
+            teacher_stage="layer9",
+            w_ce=1,
+            w_hint=1,
+            w_kd=0,
+            temperature=4,
+            stagewise=False,
+            hint_epochs=0,
+        )
