@@ -120,50 +120,38 @@ def _sram(path: Path, int8: bool) -> tuple[Sram, int]:
     ), profile.file_bytes
 
 
+def _constraint(name: str, value: float, limit: float, unit: str, basis: str) -> Constraint:
+    """A value equal to its limit passes."""
+    return Constraint(
+        name=name, value=value, limit=limit, unit=unit, margin=limit - value, passed=value <= limit, basis=basis
+    )
+
+
 def verdict(artefact: Artefact, budget: Budget) -> Verdict:
-    """Pass/fail per constraint: the arena must fit SRAM, the model flash, the slow end of the MCU
-    estimate the latency budget (when one is given). A value equal to its limit passes."""
+    """The arena must fit SRAM, the model flash, and the slow end of the MCU estimate the latency budget
+    (when one is given)."""
     constraints = []
     sram = artefact.sram
     if sram is not None:
-        used = sram.arena_total_bytes if sram.arena_total_bytes is not None else sram.static_peak_bytes
-        basis = "TFLite-Micro arena, measured" if sram.arena_total_bytes is not None else "static activation peak"
+        measured = sram.arena_total_bytes is not None
         constraints.append(
-            Constraint(
-                name="SRAM",
-                value=used,
-                limit=budget.sram_bytes,
-                unit="bytes",
-                margin=budget.sram_bytes - used,
-                passed=used <= budget.sram_bytes,
-                basis=basis,
+            _constraint(
+                "SRAM",
+                sram.arena_total_bytes if measured else sram.static_peak_bytes,
+                budget.sram_bytes,
+                "bytes",
+                "TFLite-Micro arena, measured" if measured else "static activation peak",
             )
         )
     if artefact.flash_bytes is not None:
-        constraints.append(
-            Constraint(
-                name="flash",
-                value=artefact.flash_bytes,
-                limit=budget.flash_bytes,
-                unit="bytes",
-                margin=budget.flash_bytes - artefact.flash_bytes,
-                passed=artefact.flash_bytes <= budget.flash_bytes,
-                basis="model flatbuffer",
-            )
-        )
+        constraints.append(_constraint("flash", artefact.flash_bytes, budget.flash_bytes, "bytes", "model flatbuffer"))
     if budget.latency_ms is not None and artefact.mcu_latency:
         estimate = next(
             (m for m in artefact.mcu_latency if m.runtime == MCU_RUNTIME_FOR_VERDICT), artefact.mcu_latency[0]
         )
         constraints.append(
-            Constraint(
-                name="latency",
-                value=estimate.high_ms,
-                limit=budget.latency_ms,
-                unit="ms",
-                margin=budget.latency_ms - estimate.high_ms,
-                passed=estimate.high_ms <= budget.latency_ms,
-                basis=f"slow end of the {estimate.runtime} estimate",
+            _constraint(
+                "latency", estimate.high_ms, budget.latency_ms, "ms", f"slow end of the {estimate.runtime} estimate"
             )
         )
     return Verdict(artefact=artefact.format, passed=all(c.passed for c in constraints), constraints=constraints)

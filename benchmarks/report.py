@@ -142,6 +142,30 @@ def markdown(report: Report) -> str:
         ]
         if "kd_gain" in t:
             lines += ["", f"Distillation gain over the student trained alone: {t['kd_gain'] * 100:+.2f} points."]
+        if "excluded_classes" in t:
+            excluded = t["excluded_classes"]
+            lines += [
+                "",
+                f"Classes {excluded['classes']} were left out of the students' training data. Accuracy on "
+                "them (test split), before → after raising their bias to match their prior on the validation split:",
+                "",
+                "| student | on the excluded classes | overall | bias shift |",
+                "| --- | ---: | ---: | --- |",
+            ]
+            lines += [
+                f"| {stage} | {e['excluded_accuracy_before']:.1%} → {e['excluded_accuracy_after']:.1%} | "
+                f"{e['accuracy_before']:.1%} → {e['accuracy_after']:.1%} | {e['bias_shift']} |"
+                for stage, e in excluded.items()
+                if stage != "classes"
+            ]
+        if t.get("codistillation"):
+            community = t["codistillation"]
+            lines += [
+                "",
+                "Co-distillation: the students "
+                + ", ".join(f"{a:.2%}" for a in community["students"])
+                + f"; their ensemble {community['ensemble']:.2%} (the first student is the one exported).",
+            ]
         lines.append("")
     if report.student_accuracy is not None:
         intro = (

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +67,28 @@ class TensorImages(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.transform(self.images[index]), int(self.labels[index])
+
+
+def labels_of(dataset: Dataset) -> np.ndarray:
+    """Every label of a dataset without loading its images."""
+    if isinstance(dataset, TensorImages):
+        return dataset.labels.numpy()
+    if isinstance(dataset, Subset):
+        return labels_of(dataset.dataset)[np.asarray(dataset.indices)]
+    if hasattr(dataset, "targets"):
+        return np.asarray(dataset.targets)
+    return np.array([int(dataset[i][1]) for i in range(len(dataset))])
+
+
+def without_classes(bundle: DataBundle, classes: list[int]) -> DataBundle:
+    """The bundle with `classes` removed from its training images (the transfer set); val/test keep them."""
+    unknown = [c for c in classes if not 0 <= c < bundle.num_classes]
+    if unknown:
+        raise DataError(f"data.exclude_classes {unknown}: the dataset has classes 0..{bundle.num_classes - 1}")
+    keep = np.flatnonzero(~np.isin(labels_of(bundle.train), classes))
+    return replace(
+        bundle, train=Subset(bundle.train, keep.tolist()), train_eval=Subset(bundle.train_eval, keep.tolist())
+    )
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int = 0, workers: int = 0) -> DataLoader:

@@ -18,9 +18,12 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from edgekd.data import DataBundle, load_data, make_loader
+from edgekd.data import DataBundle, load_data, make_loader, without_classes
 from edgekd.errors import RunDirError
 from edgekd.methods import Plain, build_method
+from edgekd.methods.codistill import CoDistillation
+from edgekd.methods.ensemble import TeacherEnsemble
+from edgekd.methods.mythical import correct_excluded_bias
 from edgekd.models import check_model_name, count_macs, count_parameters, create_model, load_weights
 from edgekd.recipe import Recipe
 from edgekd.train import MetricsLog, Runtime, StageResult, atomic_save, evaluate, train_stage
@@ -117,8 +120,8 @@ def distill(
     console = console or Console(stderr=True)
     started = time.perf_counter()
     # Everything that can reject the input runs before the run directory is touched.
-    check_model_name(recipe.teacher.model)
-    check_model_name(recipe.student.model)
+    for model_config in [*recipe.teachers, recipe.student]:
+        check_model_name(model_config.model)
     runtime = Runtime.from_recipe(recipe.device, recipe.channels_last, recipe.amp)
     data = load_data(recipe.data, recipe.seed)
     prepare_run_dir(run_dir, recipe, resume=resume, overwrite=overwrite)
@@ -139,64 +142,94 @@ def distill(
         console=console,
     )
 
-    def stage(name: str, model_name: str, model_kwargs: dict, build, train_config) -> tuple[nn.Module, StageResult]:
+    def stage(name: str, config, seed: int, train_config, stage_data: DataBundle) -> tuple[nn.Module, StageResult]:
         """Reuse a finished stage's weights on --resume; otherwise build, train and save."""
         weights_path = run_dir / f"{name}.pt"
-        model = build()
+        torch.manual_seed(seed)
+        model = create_model(
+            config.model,
+            num_classes=data.num_classes,
+            in_chans=data.in_chans,
+            pretrained=config.pretrained,
+            checkpoint=config.checkpoint,
+            kwargs=config.kwargs,
+        )
         if resume and weights_path.is_file():
             result = _result_from_weights(name, load_weights(model, weights_path))
             console.print(f"[dim]{name}: finished earlier, test accuracy {result.test_accuracy:.2%}[/dim]")
             return runtime.place(model), result
         if train_config is None:  # given weights, nothing to train: just measure them
-            timer = time.perf_counter()
             model = runtime.place(model)
-            loader = make_loader(data.test, recipe.data.batch_size, train=False)
-            test_loss, test_accuracy = evaluate(model, loader, runtime)
-            result = StageResult(name, None, test_accuracy, test_loss, time.perf_counter() - timer, 0)
+            result = measure(name, model)
         else:
-            method = name_to_method(name, model)
-            result = train_stage(name, method, train_config, data, runtime, **common)
-        save_weights(weights_path, model, model_name, model_kwargs, data, result)
+            if name == "student":
+                method = build_method(
+                    recipe.distill, model, teacher, in_chans=data.in_chans, image_size=data.image_size, new_student=peer
+                )
+            else:
+                method = Plain(model)
+            result = train_stage(name, method, train_config, stage_data, runtime, **common)
+            if isinstance(method, CoDistillation):
+                community.update(evaluate_community(method))
+        if excluded and name in ("baseline", "student"):
+            correction[name] = correct_excluded_bias(model, data, excluded, runtime, recipe.data.batch_size)
+            result = measure(name, model, result)
+        save_weights(weights_path, model, config.model, config.kwargs, data, result)
         # The weights file now stands for the finished stage; its resume checkpoint is dead weight.
         (run_dir / "checkpoints" / f"{name}.last.pt").unlink(missing_ok=True)
         return model, result
 
-    def name_to_method(name: str, model: nn.Module):
-        if name != "student":
-            return Plain(model)
-        return build_method(recipe.distill, model, teacher, in_chans=data.in_chans, image_size=data.image_size)
+    def measure(name: str, model: nn.Module, trained: StageResult | None = None) -> StageResult:
+        timer = time.perf_counter()
+        test_loss, test_accuracy = evaluate(model, make_loader(data.test, recipe.data.batch_size, train=False), runtime)
+        val_accuracy = (
+            evaluate(model, make_loader(data.val, recipe.data.batch_size, train=False), runtime)[1]
+            if len(data.val)
+            else None
+        )
+        if trained is None:
+            return StageResult(name, val_accuracy, test_accuracy, test_loss, time.perf_counter() - timer, 0)
+        return StageResult(name, val_accuracy, test_accuracy, test_loss, trained.seconds, trained.epochs)
 
-    def new_student() -> nn.Module:
-        torch.manual_seed(recipe.seed + 1)  # baseline and distilled student start from the same weights
+    def peer(k: int) -> nn.Module:  # co-distillation's extra students, each from its own initial weights
+        torch.manual_seed(recipe.seed + 1 + 100 * k)
         return create_model(
-            recipe.student.model,
-            num_classes=data.num_classes,
-            in_chans=data.in_chans,
-            pretrained=recipe.student.pretrained,
-            checkpoint=recipe.student.checkpoint,
-            kwargs=recipe.student.kwargs,
+            recipe.student.model, num_classes=data.num_classes, in_chans=data.in_chans, kwargs=recipe.student.kwargs
         )
 
-    def new_teacher() -> nn.Module:
-        torch.manual_seed(recipe.seed)
-        return create_model(
-            recipe.teacher.model,
-            num_classes=data.num_classes,
-            in_chans=data.in_chans,
-            pretrained=recipe.teacher.pretrained,
-            checkpoint=recipe.teacher.checkpoint,
-            kwargs=recipe.teacher.kwargs,
-        )
+    def evaluate_community(method: CoDistillation) -> dict[str, Any]:
+        loader = make_loader(data.test, recipe.data.batch_size, train=False)
+        accuracies = [evaluate(student, loader, runtime)[1] for student in method.students]
+        correct = 0
+        for images, labels in loader:
+            images, labels = runtime.batch(images, labels)
+            correct += (method.ensemble_logits(images).argmax(1) == labels).sum().item()
+        return {"students": accuracies, "ensemble": correct / len(data.test)}
 
-    teacher, teacher_result = stage(
-        "teacher", recipe.teacher.model, recipe.teacher.kwargs, new_teacher, recipe.teacher.train
-    )
-    results = {"teacher": (teacher, teacher_result)}
+    # Teachers learn from all the data; with data.exclude_classes the students' transfer set lacks those classes.
+    excluded = recipe.data.exclude_classes
+    transfer = without_classes(data, excluded) if excluded else data
+    correction: dict[str, dict] = {}
+    single = len(recipe.teachers) == 1
+    teachers = [
+        stage("teacher" if single else f"teacher_{index}", config, recipe.seed + 1000 * index, config.train, data)
+        for index, config in enumerate(recipe.teachers)
+    ]
+    community: dict[str, Any] = {}
+    if not teachers:  # co-distillation: the students teach each other
+        teacher, results = None, {}
+    elif single:
+        teacher = teachers[0][0]
+        results = {"teacher": teachers[0]}
+    else:
+        teacher = runtime.place(
+            TeacherEnsemble([model for model, _ in teachers], recipe.distill.temperature, recipe.distill.ensemble)
+        )
+        results = {"teacher": (teacher, measure("teacher", teacher))}
+    student_seed = recipe.seed + 1  # baseline and distilled student start from the same weights
     if recipe.baseline.enabled:
-        results["baseline"] = stage(
-            "baseline", recipe.student.model, recipe.student.kwargs, new_student, recipe.baseline_train_config()
-        )
-    results["student"] = stage("student", recipe.student.model, recipe.student.kwargs, new_student, recipe.distill)
+        results["baseline"] = stage("baseline", recipe.student, student_seed, recipe.baseline_train_config(), transfer)
+    results["student"] = stage("student", recipe.student, student_seed, recipe.distill, transfer)
 
     summary: dict[str, Any] = {
         "recipe": recipe.name,
@@ -208,9 +241,22 @@ def distill(
         "test_images": len(data.test),
         "device": runtime.device.type,
     }
+    if recipe.distill.method == "codistill":  # a finished run resumed: keep what was measured then
+        previous = run_dir / "summary.json"
+        community = community or (
+            json.loads(previous.read_text()).get("codistillation", {}) if previous.is_file() else {}
+        )
+        summary["codistillation"] = community
+    teacher_name = (
+        "–"
+        if not recipe.teachers
+        else recipe.teachers[0].model
+        if single
+        else (f"{recipe.distill.ensemble} ensemble of " + " + ".join(c.model for c in recipe.teachers))
+    )
     for name, (model, result) in results.items():
         summary[name] = {
-            "model": recipe.teacher.model if name == "teacher" else recipe.student.model,
+            "model": teacher_name if name == "teacher" else recipe.student.model,
             "parameters": count_parameters(model),
             "macs": count_macs(model, data.in_chans, data.image_size),
             "accuracy": result.test_accuracy,
@@ -218,6 +264,12 @@ def distill(
             "epochs": result.epochs,
             "seconds": round(result.seconds, 1),
         }
+    if not single:
+        summary["teachers"] = [
+            {"model": c.model, "accuracy": r.test_accuracy} for c, (_, r) in zip(recipe.teachers, teachers, strict=True)
+        ]
+    if excluded:
+        summary["excluded_classes"] = {"classes": excluded, **correction}
     if "baseline" in summary:
         summary["kd_gain"] = round(summary["student"]["accuracy"] - summary["baseline"]["accuracy"], 6)
     summary["wall_seconds"] = round(time.perf_counter() - started, 1)

@@ -8,7 +8,7 @@ import types
 import typing
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
@@ -62,6 +62,7 @@ class DataConfig(StrictModel):
     mean: list[float] | None = None
     std: list[float] | None = None
     synthetic: SyntheticData = SyntheticData()
+    exclude_classes: list[int] = Field(default_factory=list, description="classes the students never see in training")
 
     @model_validator(mode="after")
     def _root_when_needed(self) -> DataConfig:
@@ -118,6 +119,7 @@ class KDConfig(TrainConfig):
     temperature: float = Field(4.0, gt=0)
     w_ce: float = Field(0.1, ge=0)
     w_kd: float = Field(0.9, ge=0)
+    ensemble: Literal["arithmetic", "geometric"] = Field("arithmetic", description="how a teacher list's targets mix")
 
 
 class HintsConfig(TrainConfig):
@@ -160,6 +162,7 @@ class DKDConfig(TrainConfig):
     beta: float = Field(8.0, ge=0)
     temperature: float = Field(4.0, gt=0)
     warmup_epochs: float | None = Field(None, ge=0, description="default: the paper's 20 of 240 epochs, scaled")
+    ensemble: Literal["arithmetic", "geometric"] = Field("arithmetic", description="how a teacher list's targets mix")
 
     def warmup(self) -> float:
         return self.warmup_epochs if self.warmup_epochs is not None else max(1.0, 20 * self.epochs / 240)
@@ -177,19 +180,34 @@ class ATConfig(TrainConfig):
     p: float = Field(2.0, gt=0)
 
 
-METHODS = {"kd": KDConfig, "hints": HintsConfig, "prokt": ProKTConfig, "dkd": DKDConfig, "at": ATConfig}
+class CoDistillConfig(TrainConfig):
+    """Co-distillation: N students teach each other (no teacher); the first is saved and exported."""
+
+    method: Literal["codistill"] = "codistill"
+    students: int = Field(2, ge=2, le=8)
+    warmup_epochs: int = Field(1, ge=0, description="epochs on the labels alone before the students distil")
+    w_ce: float = Field(1.0, ge=0)
+    w_kd: float = Field(1.0, ge=0)
+    temperature: float = Field(1.0, gt=0)
+
+
+METHODS = {
+    "kd": KDConfig,
+    "hints": HintsConfig,
+    "prokt": ProKTConfig,
+    "dkd": DKDConfig,
+    "at": ATConfig,
+    "codistill": CoDistillConfig,
+}
 
 
 def _method_of(value: Any) -> str:
     return value.get("method", "kd") if isinstance(value, dict) else getattr(value, "method", "kd")
 
 
+# One union member per method, told apart by `method` (default kd).
 DistillConfig = Annotated[
-    Annotated[KDConfig, Tag("kd")]
-    | Annotated[HintsConfig, Tag("hints")]
-    | Annotated[ProKTConfig, Tag("prokt")]
-    | Annotated[DKDConfig, Tag("dkd")]
-    | Annotated[ATConfig, Tag("at")],
+    Union[tuple(Annotated[config, Tag(name)] for name, config in METHODS.items())],  # noqa: UP007
     Discriminator(_method_of),
 ]
 
@@ -229,12 +247,32 @@ class Recipe(StrictModel):
     channels_last: bool = True
     amp: bool = False
     data: DataConfig
-    teacher: TeacherConfig
+    teacher: TeacherConfig | list[TeacherConfig] | None = Field(
+        None, description="one teacher, or a list (an ensemble); none for codistill"
+    )
     student: StudentConfig = StudentConfig()
     distill: DistillConfig
     baseline: BaselineConfig = BaselineConfig()
     export: ExportConfig = ExportConfig()
     bench: BenchConfig = BenchConfig()
+
+    @model_validator(mode="after")
+    def _ensembles_need_logit_methods(self) -> Recipe:
+        if self.teacher is None and self.distill.method != "codistill":
+            raise ValueError(f"missing required key 'teacher' (method {self.distill.method} distils from a teacher)")
+        if isinstance(self.teacher, list):
+            if not self.teacher:
+                raise ValueError("teacher: an empty list; give one teacher or several")
+            if self.distill.method not in ("kd", "dkd"):
+                raise ValueError(f"a teacher list (ensemble) works with methods kd and dkd, not {self.distill.method}")
+        return self
+
+    @property
+    def teachers(self) -> list[TeacherConfig]:
+        """The teachers the pipeline trains or loads (none for codistill, which needs none)."""
+        if self.distill.method == "codistill" or self.teacher is None:
+            return []
+        return self.teacher if isinstance(self.teacher, list) else [self.teacher]
 
     def baseline_train_config(self) -> TrainConfig:
         """The distill stage's training settings, with the baseline's own lr if it has one."""
@@ -315,13 +353,16 @@ def parse_recipe(raw: dict, source: str = "recipe") -> Recipe:
         return Recipe.model_validate(raw)
     except ValidationError as exc:
         # A misspelt key is also a missing one: the unknown key, with its suggestion, says more.
-        errors = sorted(exc.errors(), key=lambda error: error["type"] != "extra_forbidden")
+        errors = sorted(
+            exc.errors(), key=lambda error: (error["type"] != "extra_forbidden", error["type"] == "list_type")
+        )
         more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
         raise RecipeError(f"{source}: {_describe(errors[0])}{more}") from None
 
 
 def _describe(error: dict) -> str:
-    loc = [str(part) for part in error["loc"]]
+    # Pydantic names the union member it tried in the path ("function-after[...]", "list[...]"): drop it.
+    loc = [str(part) for part in error["loc"] if not re.search(r"[\[(]", str(part))]
     if loc[:1] == ["distill"] and len(loc) > 1 and loc[1] in METHODS:  # pydantic puts the method tag in the path
         method, loc = loc[1], [loc[0], *loc[2:]]
     else:
@@ -357,6 +398,8 @@ def _did_you_mean(word: str, candidates: list[str]) -> str:
 def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
     """The valid keys of the section at `loc` (for suggestions)."""
     for part in loc:
+        if part.isdigit():  # an index into a list of sections (a teacher list)
+            continue
         field = model.model_fields.get(part)
         nested = _model_in(field.annotation) if field else None
         if nested is None:

@@ -139,3 +139,36 @@ def test_console_script_exit_code(tmp_path):
     )
     assert completed.returncode == 2
     assert completed.stderr.strip().startswith("error: recipe") and "Traceback" not in completed.stderr
+
+
+@pytest.mark.slow
+def test_teacher_ensemble_and_excluded_class_end_to_end(capsys, tmp_path, tiny_recipe, write_recipe):
+    tiny_recipe["teacher"] = [tiny_recipe["teacher"], {"model": "resnet10t", "train": {"epochs": 2, "lr": 0.002}}]
+    tiny_recipe["distill"]["ensemble"] = "geometric"
+    tiny_recipe["data"]["exclude_classes"] = [1]
+    run_dir = tmp_path / "run"
+    code, out, err = run_cli(capsys, "distill", write_recipe(tiny_recipe), "--out", run_dir)
+    assert code == 0, err
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["teacher"]["model"] == "geometric ensemble of resnet10t + resnet10t"
+    assert [t["model"] for t in summary["teachers"]] == ["resnet10t", "resnet10t"]
+    assert (run_dir / "teacher_0.pt").is_file() and (run_dir / "teacher_1.pt").is_file()
+    excluded = summary["excluded_classes"]
+    assert excluded["classes"] == [1] and set(excluded) == {"classes", "baseline", "student"}
+    for stage in ("baseline", "student"):
+        assert excluded[stage]["excluded_accuracy_before"] == 0.0, "a class never trained on is never predicted"
+        assert excluded[stage]["accuracy_after"] == pytest.approx(summary[stage]["accuracy"])
+
+
+@pytest.mark.slow
+def test_codistillation_end_to_end(capsys, tmp_path, tiny_recipe, write_recipe):
+    del tiny_recipe["teacher"]
+    tiny_recipe["distill"] = {"method": "codistill", "students": 3, "warmup_epochs": 1, "epochs": 2, "lr": 0.01}
+    run_dir = tmp_path / "run"
+    code, out, err = run_cli(capsys, "distill", write_recipe(tiny_recipe), "--out", run_dir)
+    assert code == 0, err
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert "teacher" not in summary and not (run_dir / "teacher.pt").exists()
+    community = summary["codistillation"]
+    assert len(community["students"]) == 3 and community["students"][0] == pytest.approx(summary["student"]["accuracy"])
+    assert 0 <= community["ensemble"] <= 1

@@ -29,6 +29,22 @@ def batch():
     return torch.randn(4, 1, 32, 32), torch.tensor([0, 1, 2, 3])
 
 
+def make_hints(student, teacher, **overrides):
+    options = dict(
+        in_chans=1,
+        image_size=32,
+        student_stage=1,
+        teacher_stage=1,
+        w_ce=1.0,
+        w_hint=1.0,
+        w_kd=0.0,
+        temperature=4.0,
+        stagewise=False,
+        hint_epochs=0,
+    )
+    return Hints(student, teacher, **{**options, **overrides})
+
+
 def grads(module):
     return [p.grad for p in module.parameters()]
 
@@ -36,20 +52,7 @@ def grads(module):
 def test_hint_connector_matches_any_stage_pair():
     student, teacher = pair()
     # resnet10t stage 2: 128 ch at 1/8 (4×4 at 32 px) ← mobilenetv2_tiny stage 1: 8 ch at 1/4 (8×8): strided 3×3.
-    method = Hints(
-        student,
-        teacher,
-        in_chans=1,
-        image_size=32,
-        student_stage=1,
-        teacher_stage="layer2",
-        w_ce=1.0,
-        w_hint=2.0,
-        w_kd=0.0,
-        temperature=4.0,
-        stagewise=False,
-        hint_epochs=0,
-    )
+    method = make_hints(student, teacher, teacher_stage="layer2", w_hint=2.0)
     assert method.connector.conv.in_channels == 8 and method.connector.conv.out_channels == 128
     assert method.connector.conv.stride == (2, 2) and method.connector.conv.kernel_size == (3, 3)
     images, labels = batch()
@@ -70,20 +73,7 @@ def test_hint_connector_matches_any_stage_pair():
 
 def test_stagewise_hints_train_only_the_lower_student():
     student, teacher = pair()
-    method = Hints(
-        student,
-        teacher,
-        in_chans=1,
-        image_size=32,
-        student_stage=2,
-        teacher_stage=2,
-        w_ce=1.0,
-        w_hint=1.0,
-        w_kd=0.0,
-        temperature=4.0,
-        stagewise=True,
-        hint_epochs=2,
-    )
+    method = make_hints(student, teacher, student_stage=2, teacher_stage=2, stagewise=True, hint_epochs=2)
     images, labels = batch()
     method.train()
     method.start_epoch(1, 5)
@@ -223,7 +213,7 @@ def test_recipe_selects_each_method(tiny_recipe):
     [
         (
             {"method": "dkdd"},
-            "'distill.method' is 'dkdd'; expected one of kd, hints, prokt, dkd, at; did you mean 'dkd'?",
+            "'distill.method' is 'dkdd'; expected one of kd, hints, prokt, dkd, at, codistill; did you mean 'dkd'?",
         ),
         ({"method": "prokt", "lamda": 0.4}, "unknown key 'distill.lamda'"),
         ({"method": "hints", "hint_schedule": "stagewise"}, "needs 0 < hint_epochs < epochs"),
@@ -240,17 +230,90 @@ def test_method_schema_errors(tiny_recipe, distill, expected):
 def test_bad_stage_name():
     student, teacher = pair()
     with pytest.raises(RecipeError, match="no feature stage 'layer9'"):
-        Hints(
-            student,
-            teacher,
-            in_chans=1,
-            image_size=32,
-            student_stage=1,
-            teacher_stage="layer9",
-            w_ce=1,
-            w_hint=1,
-            w_kd=0,
-            temperature=4,
-            stagewise=False,
-            hint_epochs=0,
-        )
+        make_hints(student, teacher, teacher_stage="layer9")
+
+
+def test_ensemble_rules():
+    from edgekd.methods.ensemble import TeacherEnsemble, combine
+
+    torch.manual_seed(0)
+    logits = [torch.randn(3, 5), torch.randn(3, 5), torch.randn(3, 5)]
+    T = 2.0
+    probs = torch.stack([torch.softmax(z / T, 1) for z in logits])
+    arithmetic = torch.softmax(combine(logits, T, "arithmetic") / T, 1)
+    assert torch.allclose(arithmetic, probs.mean(0), atol=1e-6)
+    geometric = torch.softmax(combine(logits, T, "geometric") / T, 1)
+    expected = torch.softmax(torch.stack([torch.log_softmax(z / T, 1) for z in logits]).mean(0), 1)
+    assert torch.allclose(geometric, expected, atol=1e-6)
+    teachers = [nn.Linear(4, 5), nn.Linear(4, 5)]
+    x = torch.randn(2, 4)
+    assert torch.allclose(
+        TeacherEnsemble(teachers, T, "geometric")(x), combine([t(x) for t in teachers], T, "geometric")
+    )
+
+
+def test_ensemble_only_with_logit_methods(tiny_recipe):
+    tiny_recipe["teacher"] = [tiny_recipe["teacher"], {"model": "resnet18", "train": {"epochs": 1, "lr": 0.01}}]
+    assert len(parse_recipe(tiny_recipe).teachers) == 2
+    tiny_recipe["distill"] = {"method": "hints", "epochs": 2, "lr": 0.01}
+    with pytest.raises(RecipeError, match="works with methods kd and dkd, not hints"):
+        parse_recipe(tiny_recipe)
+
+
+def test_bias_shift_matches_the_prior():
+    from edgekd.methods.mythical import bias_shift
+
+    torch.manual_seed(0)
+    logits = torch.randn(200, 4)
+    logits[:, 2] -= 8  # a class the model never predicts
+    delta = bias_shift(logits, 2, 0.25)
+    shifted = logits.clone()
+    shifted[:, 2] += delta
+    assert torch.softmax(shifted, 1)[:, 2].mean().item() == pytest.approx(0.25, abs=1e-4)
+
+
+def test_without_classes_drops_them_from_training_only():
+    from edgekd.data import labels_of, load_data, without_classes
+    from edgekd.errors import DataError
+    from edgekd.recipe import DataConfig
+
+    data = load_data(DataConfig(dataset="digits", image_size=8, channels=1), seed=0)
+    transfer = without_classes(data, [3])
+    assert 3 not in set(labels_of(transfer.train)) and 3 not in set(labels_of(transfer.train_eval))
+    assert 3 in set(labels_of(transfer.test)) and 3 in set(labels_of(transfer.val))
+    assert len(transfer.train) == len(data.train) - int((labels_of(data.train) == 3).sum())
+    with pytest.raises(DataError, match="classes 0..9"):
+        without_classes(data, [12])
+
+
+def test_codistillation_peer_targets_and_gradients():
+    from edgekd.methods import CoDistillation
+    from edgekd.methods.codistill import peer_targets
+
+    logits = [torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 2.0]]), torch.tensor([[1.0, 1.0]])]
+    targets = peer_targets(logits, 1.0)
+    p = [torch.softmax(z, 1) for z in logits]
+    assert torch.allclose(targets[0].exp(), (p[1] + p[2]) / 2, atol=1e-6)
+    torch.manual_seed(0)
+    students = [nn.Sequential(nn.Flatten(), nn.Linear(4, 3)) for _ in range(3)]
+    method = CoDistillation(students, w_ce=1.0, w_kd=1.0, temperature=2.0, warmup_epochs=1)
+    images, labels = torch.randn(5, 1, 2, 2), torch.tensor([0, 1, 2, 0, 1])
+    method.train()
+    method.start_epoch(1, 3)
+    assert set(method(images, labels)[1]) == {"ce"}, "warm-up: labels alone"
+    method.start_epoch(2, 3)
+    _, losses = method(images, labels)
+    assert set(losses) == {"ce", "kd"}
+    sum(losses.values()).backward()
+    assert all(s[1].weight.grad is not None for s in students)
+    assert set(method.trainable_modules()) == {"student", "peer_1", "peer_2"}
+    assert method.ensemble_logits(images).shape == (5, 3)
+
+
+def test_codistill_needs_no_teacher(tiny_recipe):
+    del tiny_recipe["teacher"]
+    tiny_recipe["distill"] = {"method": "codistill", "students": 3, "epochs": 2, "lr": 0.01}
+    assert parse_recipe(tiny_recipe).teachers == []
+    tiny_recipe["distill"] = {"method": "kd", "epochs": 2, "lr": 0.01}
+    with pytest.raises(RecipeError, match="missing required key 'teacher'"):
+        parse_recipe(tiny_recipe)

@@ -60,9 +60,9 @@ def main() -> None:
 
         teacher = None
         if args.stage == "student":
-            teacher = model(recipe.teacher, recipe.seed, args.teacher)
+            teacher = model(recipe.teachers[0], recipe.seed, args.teacher)
             if args.teacher is None:
-                train_stage("teacher", Plain(teacher), recipe.teacher.train, data, runtime, **common)
+                train_stage("teacher", Plain(teacher), recipe.teachers[0].train, data, runtime, **common)
         for lr in [float(x) for x in args.lrs.split(",")]:
             student = model(recipe.student, recipe.seed + 1)  # the pipeline's initial student weights
             if args.stage == "baseline":
@@ -78,7 +78,9 @@ def main() -> None:
     table = ["| lr | val accuracy | test accuracy |", "| ---: | ---: | ---: |"]
     table += [f"| {lr:g}{' (picked)' if (lr, v, t) == best else ''} | {v:.2%} | {t:.2%} |" for lr, v, t in rows]
     what = (
-        "alone (baseline)" if args.stage == "baseline" else f"with {recipe.distill.method} from {recipe.teacher.model}"
+        "alone (baseline)"
+        if args.stage == "baseline"
+        else f"with {recipe.distill.method} from {recipe.teachers[0].model}"
     )
     body = (
         f"Recipe `{recipe.name}`: {recipe.student.model} {what}, {config.epochs} epochs {config.optimizer} "

@@ -69,8 +69,8 @@ def main() -> None:
                     config.model, num_classes=data.num_classes, in_chans=data.in_chans, kwargs=config.kwargs
                 )
 
-            teacher = new(reference.teacher, seed)
-            train_stage(f"teacher s{seed}", Plain(teacher), reference.teacher.train, data, runtime, **common)
+            teacher = new(reference.teachers[0], seed)
+            train_stage(f"teacher s{seed}", Plain(teacher), reference.teachers[0].train, data, runtime, **common)
             baseline = train_stage(
                 f"baseline s{seed}",
                 Plain(new(reference.student, seed + 1)),
@@ -109,7 +109,7 @@ def main() -> None:
         rows.append(f"| {name} | {recipe} | {mean:.2%} ± {std:.2%} | {per_seed} | {gain} |")
         print(rows[-1], flush=True)
     body = (
-        f"MNIST-5k 32×32 (1,000 test images), {reference.teacher.model} teacher → {reference.student.model}, "
+        f"MNIST-5k 32×32 (1,000 test images), {reference.teachers[0].model} teacher → {reference.student.model}, "
         f"{reference.distill.epochs} epochs, lr {reference.distill.lr:g} for every student (the value the baseline and "
         f"KD picked on validation), seeds {args.seeds}; {time.perf_counter() - started:,.0f} s in all. "
         "Last-epoch test accuracy, PyTorch fp32.\n\n" + "\n".join(rows)

@@ -8,15 +8,19 @@ from torch import nn
 
 from edgekd.methods.at import AttentionTransfer
 from edgekd.methods.base import DistillMethod
+from edgekd.methods.codistill import CoDistillation
 from edgekd.methods.dkd import DKD
 from edgekd.methods.hints import Hints
 from edgekd.methods.kd import KD
 from edgekd.methods.plain import Plain
 from edgekd.methods.prokt import ProKT
-from edgekd.recipe import ATConfig, DKDConfig, HintsConfig, KDConfig, ProKTConfig
+from edgekd.recipe import ATConfig, CoDistillConfig, DKDConfig, HintsConfig, KDConfig, ProKTConfig
 
 
-def build_method(config, student: nn.Module, teacher: nn.Module, *, in_chans: int, image_size: int) -> DistillMethod:
+def build_method(
+    config, student: nn.Module, teacher: nn.Module | None, *, in_chans: int, image_size: int, new_student=None
+) -> DistillMethod:
+    """`new_student(k)` builds the k-th extra student (co-distillation)."""
     if isinstance(config, KDConfig):
         return KD(student, teacher, temperature=config.temperature, w_ce=config.w_ce, w_kd=config.w_kd)
     if isinstance(config, HintsConfig):
@@ -67,7 +71,26 @@ def build_method(config, student: nn.Module, teacher: nn.Module, *, in_chans: in
             temperature=config.temperature,
             p=config.p,
         )
+    if isinstance(config, CoDistillConfig):
+        peers = [new_student(k) for k in range(1, config.students)]
+        return CoDistillation(
+            [student, *peers],
+            w_ce=config.w_ce,
+            w_kd=config.w_kd,
+            temperature=config.temperature,
+            warmup_epochs=config.warmup_epochs,
+        )
     raise ValueError(f"no method for {type(config).__name__}")  # unreachable: the schema lists the methods
 
 
-__all__ = ["DKD", "KD", "AttentionTransfer", "DistillMethod", "Hints", "Plain", "ProKT", "build_method"]
+__all__ = [
+    "CoDistillation",
+    "DKD",
+    "KD",
+    "AttentionTransfer",
+    "DistillMethod",
+    "Hints",
+    "Plain",
+    "ProKT",
+    "build_method",
+]
