@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from rich.console import Console
+
 from edgekd.benchmarks import latency as latency_method
 from edgekd.benchmarks.compute import layer_macs, mcu_latency
 from edgekd.benchmarks.memory import analyse
@@ -30,10 +32,8 @@ from edgekd.benchmarks.report import (
 )
 from edgekd.benchmarks.report import Device as DeviceRecord
 from edgekd.benchmarks.results import machine_line
-from edgekd.exporters.runtimes import ArtefactError, measure_arena, runner_for
-from rich.console import Console
-
 from edgekd.errors import CheckFailed, EdgeKDError
+from edgekd.exporters.runtimes import ArtefactError, measure_arena, runner_for
 
 RUNTIMES = {
     "onnx": ["onnxruntime"],

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from edgekd.benchmarks.profiles import Device
 from edgekd.exporters.tflite import read_graph
 

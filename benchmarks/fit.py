@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from edgekd.benchmarks.profiles import Budget
 from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual
 from torch import nn
 
+from edgekd.benchmarks.profiles import Budget
 from edgekd.models import create_model
 
 ALIGN = 16

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from edgekd.exporters.tflite import read_graph
 
 ALIGNMENT = 16

@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from edgekd.exporters import c_array, onnx, tflite
-from edgekd.exporters.runtimes import LiteRTRunner, MicroRunner, OnnxRunner, Runner
 from rich.console import Console
 
 from edgekd.data import load_data
 from edgekd.errors import CheckFailed, DataError, EdgeKDError, ModelError
+from edgekd.exporters import c_array, onnx, tflite
+from edgekd.exporters.runtimes import LiteRTRunner, MicroRunner, OnnxRunner, Runner
 from edgekd.models import create_model
 from edgekd.recipe import FORMATS, ExportConfig, Recipe, parse_recipe
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from edgekd.exporters.tflite import ConversionError, captured_output
 from torch import nn
+
+from edgekd.exporters.tflite import ConversionError, captured_output
 
 OPSET = 18  # the dynamo exporter's minimum; lower requests are silently raised to it
 

@@ -12,9 +12,9 @@ import re
 from pathlib import Path
 
 import numpy as np
-from edgekd.exporters.tflite import captured_output
 
 from edgekd.errors import EdgeKDError
+from edgekd.exporters.tflite import captured_output
 
 
 class ArtefactError(EdgeKDError):

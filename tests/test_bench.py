@@ -7,6 +7,8 @@ import flatbuffers
 import jsonschema
 import numpy as np
 import pytest
+
+from edgekd import cli
 from edgekd.benchmarks import latency
 from edgekd.benchmarks.bench import verdict
 from edgekd.benchmarks.memory import analyse
@@ -14,8 +16,6 @@ from edgekd.benchmarks.profiles import DeviceError, bundled_devices, load_device
 from edgekd.benchmarks.report import Artefact, Constraint, McuLatency, PeakLayer, Report, Sram, Verdict, markdown
 from edgekd.benchmarks.report import Device as DeviceRecord
 from edgekd.exporters.tflite import _schema
-
-from edgekd import cli
 
 
 def write_graph(path, tensors, ops, inputs, outputs):

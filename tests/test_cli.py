@@ -155,8 +155,11 @@ def test_teacher_ensemble_and_excluded_class_end_to_end(capsys, tmp_path, tiny_r
     assert (run_dir / "teacher_0.pt").is_file() and (run_dir / "teacher_1.pt").is_file()
     excluded = summary["excluded_classes"]
     assert excluded["classes"] == [1] and set(excluded) == {"classes", "baseline", "student"}
+    # Trained alone, the baseline never predicts a class it never saw; the distilled student may, from the
+    # teacher's soft targets alone. The bias correction can only raise the unseen class's accuracy.
+    assert excluded["baseline"]["excluded_accuracy_before"] == 0.0
     for stage in ("baseline", "student"):
-        assert excluded[stage]["excluded_accuracy_before"] == 0.0, "a class never trained on is never predicted"
+        assert excluded[stage]["excluded_accuracy_after"] >= excluded[stage]["excluded_accuracy_before"]
         assert excluded[stage]["accuracy_after"] == pytest.approx(summary[stage]["accuracy"])
 
 

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from edgekd.exporters import c_array, tflite
-from edgekd.exporters.export import compare, compiled_model_length, export_run
-from edgekd.exporters.runtimes import LiteRTRunner
 
 from edgekd import cli
 from edgekd.errors import CheckFailed
+from edgekd.exporters import c_array, tflite
+from edgekd.exporters.export import compare, compiled_model_length, export_run
+from edgekd.exporters.runtimes import LiteRTRunner
 from edgekd.models import create_model
 from edgekd.pipeline import distill
 from edgekd.recipe import parse_recipe

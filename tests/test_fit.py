@@ -4,14 +4,14 @@ import sys
 
 import pytest
 import torch
+from torch import nn
+
+from edgekd import cli
 from edgekd.benchmarks import fit
 from edgekd.benchmarks.memory import analyse
 from edgekd.benchmarks.profiles import load_device, parse_budget
 from edgekd.exporters import tflite
 from edgekd.exporters.runtimes import measure_arena
-from torch import nn
-
-from edgekd import cli
 from edgekd.models import create_model
 
 

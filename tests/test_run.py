@@ -5,9 +5,9 @@ import sys
 
 import jsonschema
 import pytest
-from edgekd.benchmarks.report import Report
 
 from edgekd import cli
+from edgekd.benchmarks.report import Report
 
 
 @pytest.mark.slow

@@ -16,11 +16,11 @@ import tempfile
 from pathlib import Path
 
 import torch
+
 from edgekd.benchmarks.memory import analyse
 from edgekd.benchmarks.results import write_section
 from edgekd.exporters import tflite
 from edgekd.exporters.runtimes import measure_arena
-
 from edgekd.models import create_model
 
 

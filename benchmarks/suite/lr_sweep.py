@@ -15,9 +15,9 @@ import tempfile
 from pathlib import Path
 
 import torch
-from edgekd.benchmarks.results import write_section
 from rich.console import Console
 
+from edgekd.benchmarks.results import write_section
 from edgekd.data import load_data
 from edgekd.methods import Plain, build_method
 from edgekd.models import create_model

@@ -1,10 +1,12 @@
-"""Distillation methods side by side: baseline, KD, hints, ProKT, DKD and AT on MNIST-5k, 3 seeds.
+"""Distillation methods side by side on MNIST-5k, 3 seeds: baseline, KD, hints, ProKT, DKD, AT, co-distillation.
 
 Each method runs its bundled recipe (quickstart for KD, mnist5k_<method> for the others: same data,
-teacher, student, epochs, optimiser and learning rate, so only the method differs). Per seed the
-teacher and the baseline are trained once and shared. Test accuracy, mean ± std over seeds.
+student, epochs, optimiser and learning rate, so only the method differs). Per seed the teacher and
+the baseline are trained once and shared. Test accuracy, mean ± std over seeds, of the PyTorch student
+and of its full-integer int8 TFLite export (TFLite's reference kernels, which compute what TFLite-Micro
+computes, bit for bit).
 
-    python benchmarks/suite/methods.py [--seeds 0,1,2] [--methods kd,hints,prokt,dkd,at]
+    python benchmarks/suite/methods.py [--seeds 0,1,2] [--methods kd,hints,prokt,dkd,at,codistill]
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
-from edgekd.benchmarks.results import write_section
 from rich.console import Console
 
-from edgekd.data import load_data
+from edgekd.benchmarks.results import write_section
+from edgekd.data import labels_of, load_data
+from edgekd.exporters import tflite
+from edgekd.exporters.runtimes import LiteRTRunner
 from edgekd.methods import Plain, build_method
 from edgekd.models import create_model
 from edgekd.recipe import load_recipe
@@ -32,7 +37,21 @@ RECIPES = {
     "prokt": "mnist5k_prokt",
     "dkd": "mnist5k_dkd",
     "at": "mnist5k_at",
+    "codistill": "mnist5k_codistill",
 }
+CALIBRATION_IMAGES = 200
+
+
+def int8_accuracy(student: torch.nn.Module, data) -> float:
+    """Convert to full-integer int8 TFLite (as `edgekd export` does) and score it on the test split."""
+    student = copy.deepcopy(student).cpu().eval().to(memory_format=torch.contiguous_format)
+    calibration = torch.stack([data.train_eval[i][0] for i in range(min(CALIBRATION_IMAGES, len(data.train_eval)))])
+    images = np.stack([data.test[i][0].numpy() for i in range(len(data.test))])
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "student.int8.tflite"
+        tflite.convert(student, calibration, path, int8=True)
+        predictions = LiteRTRunner(path, reference_kernels=True).predict(images).argmax(1)
+    return float((predictions == labels_of(data.test)).mean())
 
 
 def main() -> None:
@@ -42,13 +61,14 @@ def main() -> None:
     args = parser.parse_args()
     methods = args.methods.split(",")
     recipes = {m: load_recipe(RECIPES[m]) for m in methods}
-    reference = recipes[methods[0]]
+    reference = load_recipe("quickstart")
     for method, recipe in recipes.items():  # only the method may differ
-        for section in ("data", "teacher", "student", "baseline"):
+        for section in ("data", "student", "baseline"):
             assert getattr(recipe, section) == getattr(reference, section), f"{RECIPES[method]}: {section} differs"
     console = Console(stderr=True)
     runtime = Runtime.from_recipe(reference.device, reference.channels_last, reference.amp)
-    results: dict[str, list[float]] = {name: [] for name in ["baseline", *methods]}
+    fp32: dict[str, list[float]] = {name: [] for name in ["baseline", *methods]}
+    int8: dict[str, list[float]] = {name: [] for name in ["baseline", *methods]}
     started = time.perf_counter()
     for seed in [int(s) for s in args.seeds.split(",")]:
         data = load_data(reference.data, seed)
@@ -69,50 +89,52 @@ def main() -> None:
                     config.model, num_classes=data.num_classes, in_chans=data.in_chans, kwargs=config.kwargs
                 )
 
+            def record(name: str, student: torch.nn.Module, accuracy: float, data=data, seed=seed) -> None:
+                fp32[name].append(accuracy)
+                int8[name].append(int8_accuracy(student, data))
+                print(f"seed {seed} {name}: {accuracy:.2%}, int8 {int8[name][-1]:.2%}", flush=True)
+
             teacher = new(reference.teachers[0], seed)
             train_stage(f"teacher s{seed}", Plain(teacher), reference.teachers[0].train, data, runtime, **common)
-            baseline = train_stage(
-                f"baseline s{seed}",
-                Plain(new(reference.student, seed + 1)),
-                reference.baseline_train_config(),
-                data,
-                runtime,
-                **common,
+            baseline = new(reference.student, seed + 1)
+            result = train_stage(
+                f"baseline s{seed}", Plain(baseline), reference.baseline_train_config(), data, runtime, **common
             )
-            results["baseline"].append(baseline.test_accuracy)
+            record("baseline", baseline, result.test_accuracy)
             for name in methods:
                 config = recipes[name].distill
+                student = new(reference.student, seed + 1)
                 method = build_method(
                     config,
-                    new(reference.student, seed + 1),
+                    student,
                     copy.deepcopy(teacher),
                     in_chans=data.in_chans,
                     image_size=data.image_size,
+                    new_student=lambda k, seed=seed: new(reference.student, seed + 1 + 100 * k),
                 )
                 result = train_stage(f"{name} s{seed}", method, config, data, runtime, **common)
-                results[name].append(result.test_accuracy)
-                print(
-                    f"seed {seed} {name}: {result.test_accuracy:.2%} (baseline {baseline.test_accuracy:.2%})",
-                    flush=True,
-                )
-    base = statistics.mean(results["baseline"])
+                record(name, student, result.test_accuracy)
+    base = statistics.mean(fp32["baseline"])
     rows = [
-        "| method | recipe | test accuracy (mean ± std) | per seed | vs. baseline |",
-        "| --- | --- | ---: | --- | ---: |",
+        "| method | recipe | test accuracy (mean ± std) | per seed | vs. baseline | int8 TFLite (mean ± std) |",
+        "| --- | --- | ---: | --- | ---: | ---: |",
     ]
-    for name, values in results.items():
-        mean = statistics.mean(values)
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
+    for name, values in fp32.items():
+        mean, std = statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+        int8_mean, int8_std = statistics.mean(int8[name]), statistics.stdev(int8[name]) if len(values) > 1 else 0.0
         gain = "–" if name == "baseline" else f"{(mean - base) * 100:+.2f} pt"
         per_seed = " / ".join(f"{v:.1%}" for v in values)
         recipe = RECIPES.get(name, "quickstart (baseline)")
-        rows.append(f"| {name} | {recipe} | {mean:.2%} ± {std:.2%} | {per_seed} | {gain} |")
+        rows.append(
+            f"| {name} | {recipe} | {mean:.2%} ± {std:.2%} | {per_seed} | {gain} | {int8_mean:.2%} ± {int8_std:.2%} |"
+        )
         print(rows[-1], flush=True)
     body = (
         f"MNIST-5k 32×32 (1,000 test images), {reference.teachers[0].model} teacher → {reference.student.model}, "
-        f"{reference.distill.epochs} epochs, lr {reference.distill.lr:g} for every student (the value the baseline and "
-        f"KD picked on validation), seeds {args.seeds}; {time.perf_counter() - started:,.0f} s in all. "
-        "Last-epoch test accuracy, PyTorch fp32.\n\n" + "\n".join(rows)
+        f"{reference.distill.epochs} epochs, lr {reference.distill.lr:g} for every student (the value the baseline "
+        f"and KD picked on validation), seeds {args.seeds}; {time.perf_counter() - started:,.0f} s in all. "
+        "Last-epoch test accuracy of the PyTorch student and of its int8 TFLite export. codistill trains three "
+        "students without the teacher; the first is scored.\n\n" + "\n".join(rows)
     )
     write_section(
         "distillation methods on MNIST-5k",
