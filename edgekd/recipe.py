@@ -50,7 +50,7 @@ class SyntheticData(StrictModel):
 
 
 class DataConfig(StrictModel):
-    dataset: Literal["digits", "mnist5k", "imagefolder", "cifar10", "cifar100", "synthetic"]
+    dataset: Literal[DATASETS]
     root: Path | None = None
     download: bool = False
     image_size: int = Field(32, ge=8, le=1024)
@@ -222,7 +222,7 @@ class BaselineConfig(StrictModel):
 class ExportConfig(StrictModel):
     """Device artefacts and the checks each must pass against the PyTorch student on the test split."""
 
-    formats: list[Literal["onnx", "onnx-int8", "tflite", "tflite-int8", "c-array"]] = list(FORMATS)
+    formats: list[Literal[FORMATS]] = list(FORMATS)
     calibration_images: int = Field(200, ge=1, description="int8 calibration images from the training split")
     verify_images: int | None = Field(None, ge=1, description="test images to verify on (default: all)")
     min_agreement_fp32: float = Field(0.995, ge=0, le=1)

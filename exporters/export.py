@@ -233,7 +233,7 @@ def _previous_artefacts(path: Path) -> dict[str, Any]:
 
 def _c_array(out: Path, tflite_entry: dict, metadata: dict, data, recipe: Recipe) -> dict[str, Any]:
     tflite_path = out / FILES["tflite-int8"]
-    micro = MicroRunner(tflite_path)
+    micro = MicroRunner(tflite_path, arena_size=tflite_entry["info"]["arena"]["total"])  # measured by the int8 step
     source, header = c_array.write_c_array(
         tflite_path,
         out,
