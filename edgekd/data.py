@@ -80,12 +80,29 @@ def labels_of(dataset: Dataset) -> np.ndarray:
     return np.array([int(dataset[i][1]) for i in range(len(dataset))])
 
 
-def without_classes(bundle: DataBundle, classes: list[int]) -> DataBundle:
-    """The bundle with `classes` removed from its training images (the transfer set); val/test keep them."""
-    unknown = [c for c in classes if not 0 <= c < bundle.num_classes]
+def transfer_set(bundle: DataBundle, config: DataConfig, seed: int) -> DataBundle:
+    """The training images the students learn from; the teachers learn from all of them.
+
+    `data.exclude_classes` removes classes (the mythical-digit experiment) and `data.transfer_fraction`
+    keeps a stratified share of what remains (the low-data regime where soft targets matter most,
+    Hinton et al. 2015 §6). Validation and test splits are never touched.
+    """
+    unknown = [c for c in config.exclude_classes if not 0 <= c < bundle.num_classes]
     if unknown:
         raise DataError(f"data.exclude_classes {unknown}: the dataset has classes 0..{bundle.num_classes - 1}")
-    keep = np.flatnonzero(~np.isin(labels_of(bundle.train), classes))
+    labels = labels_of(bundle.train)
+    keep = np.flatnonzero(~np.isin(labels, config.exclude_classes))
+    if config.transfer_fraction < 1:
+        classes = len(np.unique(labels[keep]))
+        if int(config.transfer_fraction * len(keep)) < classes:  # sklearn rounds the share down too
+            raise DataError(
+                f"data.transfer_fraction {config.transfer_fraction:g} leaves fewer than one of the "
+                f"{len(keep)} training images per class; raise it"
+            )
+        keep, _ = train_test_split(keep, train_size=config.transfer_fraction, random_state=seed, stratify=labels[keep])
+        keep = np.sort(keep)
+    if len(keep) == len(labels):
+        return bundle
     return replace(
         bundle, train=Subset(bundle.train, keep.tolist()), train_eval=Subset(bundle.train_eval, keep.tolist())
     )

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from edgekd.data import DataBundle, load_data, make_loader, without_classes
+from edgekd.data import DataBundle, load_data, make_loader, transfer_set
 from edgekd.errors import RunDirError
 from edgekd.methods import Plain, build_method
 from edgekd.methods.codistill import CoDistillation
@@ -206,9 +206,8 @@ def distill(
             correct += (method.ensemble_logits(images).argmax(1) == labels).sum().item()
         return {"students": accuracies, "ensemble": correct / len(data.test)}
 
-    # Teachers learn from all the data; with data.exclude_classes the students' transfer set lacks those classes.
     excluded = recipe.data.exclude_classes
-    transfer = without_classes(data, excluded) if excluded else data
+    transfer = transfer_set(data, recipe.data, recipe.seed)  # the teachers learn from all of `data`
     correction: dict[str, dict] = {}
     single = len(recipe.teachers) == 1
     teachers = [
@@ -239,6 +238,7 @@ def distill(
         "in_chans": data.in_chans,
         "num_classes": data.num_classes,
         "test_images": len(data.test),
+        "train_images": {"teacher": len(data.train), "students": len(transfer.train)},
         "device": runtime.device.type,
     }
     if recipe.distill.method == "codistill":  # a finished run resumed: keep what was measured then
@@ -298,6 +298,13 @@ def summary_table(summary: dict[str, Any]) -> Table:
             str(row["epochs"]),
             f"{row['seconds']:.0f} s",
         )
+    notes = []
     if "kd_gain" in summary:
-        table.caption = f"distillation gain over the baseline: {summary['kd_gain'] * 100:+.2f} points"
+        notes.append(f"distillation gain over the baseline: {summary['kd_gain'] * 100:+.2f} points")
+    train_images = summary.get("train_images", {})
+    if train_images and train_images["students"] != train_images["teacher"]:
+        notes.append(
+            f"the students learn from {train_images['students']:,} of {train_images['teacher']:,} training images"
+        )
+    table.caption = "; ".join(notes) or None
     return table

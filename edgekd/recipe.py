@@ -63,6 +63,9 @@ class DataConfig(StrictModel):
     std: list[float] | None = None
     synthetic: SyntheticData = SyntheticData()
     exclude_classes: list[int] = Field(default_factory=list, description="classes the students never see in training")
+    transfer_fraction: float = Field(
+        1.0, gt=0, le=1, description="share of the training images the students learn from (stratified)"
+    )
 
     @model_validator(mode="after")
     def _root_when_needed(self) -> DataConfig:

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -272,18 +273,31 @@ def test_bias_shift_matches_the_prior():
     assert torch.softmax(shifted, 1)[:, 2].mean().item() == pytest.approx(0.25, abs=1e-4)
 
 
-def test_without_classes_drops_them_from_training_only():
-    from edgekd.data import labels_of, load_data, without_classes
+def test_transfer_set_drops_classes_and_keeps_a_stratified_share_of_training_only():
+    from edgekd.data import labels_of, load_data, transfer_set
     from edgekd.errors import DataError
     from edgekd.recipe import DataConfig
 
-    data = load_data(DataConfig(dataset="digits", image_size=8, channels=1), seed=0)
-    transfer = without_classes(data, [3])
+    config = DataConfig(dataset="digits", image_size=8, channels=1)
+    data = load_data(config, seed=0)
+    assert transfer_set(data, config, seed=0) is data
+    transfer = transfer_set(data, config.model_copy(update={"exclude_classes": [3]}), seed=0)
     assert 3 not in set(labels_of(transfer.train)) and 3 not in set(labels_of(transfer.train_eval))
     assert 3 in set(labels_of(transfer.test)) and 3 in set(labels_of(transfer.val))
     assert len(transfer.train) == len(data.train) - int((labels_of(data.train) == 3).sum())
+
+    few = transfer_set(data, config.model_copy(update={"transfer_fraction": 0.1}), seed=0)
+    counts = np.bincount(labels_of(few.train), minlength=10)
+    assert len(few.train) == int(0.1 * len(data.train)) and counts.min() >= counts.max() - 1  # stratified
+    assert labels_of(few.train).tolist() == labels_of(few.train_eval).tolist()
+    assert len(few.val) == len(data.val) and len(few.test) == len(data.test)
+    other_seed = transfer_set(data, config.model_copy(update={"transfer_fraction": 0.1}), seed=1)
+    assert few.train.indices != other_seed.train.indices
+
     with pytest.raises(DataError, match="classes 0..9"):
-        without_classes(data, [12])
+        transfer_set(data, config.model_copy(update={"exclude_classes": [12]}), seed=0)
+    with pytest.raises(DataError, match="fewer than one .* per class"):
+        transfer_set(data, config.model_copy(update={"transfer_fraction": 0.001}), seed=0)
 
 
 def test_codistillation_peer_targets_and_gradients():

@@ -84,3 +84,15 @@ def test_resolved_recipe_round_trips(tiny_recipe):
 
     recipe = parse_recipe(tiny_recipe)
     assert parse_recipe(yaml.safe_load(recipe.to_yaml())) == recipe
+
+
+def test_the_readme_recipe_reference_is_a_valid_recipe():
+    """The README's annotated recipe lists every key; it must stay one that edgekd accepts."""
+    from pathlib import Path
+
+    import yaml
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = readme.split("## Recipes", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    recipe = parse_recipe(yaml.safe_load(block), source="README.md")
+    assert recipe.name == "quickstart" and recipe.data.transfer_fraction == 1.0

@@ -18,7 +18,7 @@ import torch
 from rich.console import Console
 
 from edgekd.benchmarks.results import write_section
-from edgekd.data import load_data
+from edgekd.data import load_data, transfer_set
 from edgekd.methods import Plain, build_method
 from edgekd.models import create_model
 from edgekd.recipe import load_recipe
@@ -33,7 +33,8 @@ def main() -> None:
     parser.add_argument("--teacher", type=Path, help="teacher weights (default: train one per the recipe)")
     args = parser.parse_args()
     recipe = load_recipe(args.recipe)
-    data = load_data(recipe.data, recipe.seed)
+    data = load_data(recipe.data, recipe.seed)  # the teacher learns from all of it
+    transfer = transfer_set(data, recipe.data, recipe.seed)  # the students from this
     runtime = Runtime.from_recipe(recipe.device, recipe.channels_last, recipe.amp)
     console = Console(stderr=True)
     rows = []
@@ -71,7 +72,7 @@ def main() -> None:
                 config = recipe.distill
                 method = build_method(config, student, teacher, in_chans=data.in_chans, image_size=data.image_size)
             config = config.model_copy(update={"lr": lr})
-            result = train_stage(f"lr={lr:g}", method, config, data, runtime, **common)
+            result = train_stage(f"lr={lr:g}", method, config, transfer, runtime, **common)
             rows.append((lr, result.val_accuracy, result.test_accuracy))
             print(f"{args.stage} lr {lr:g}: val {result.val_accuracy:.2%}  test {result.test_accuracy:.2%}", flush=True)
     best = max(rows, key=lambda row: row[1])

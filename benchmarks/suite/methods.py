@@ -1,12 +1,14 @@
-"""Distillation methods side by side on MNIST-5k, 3 seeds: baseline, KD, hints, ProKT, DKD, AT, co-distillation.
+"""Distillation methods side by side, 3 seeds: baseline, KD, hints, ProKT, DKD, AT, co-distillation.
 
-Each method runs its bundled recipe (quickstart for KD, mnist5k_<method> for the others: same data,
-student, epochs, optimiser and learning rate, so only the method differs). Per seed the teacher and
-the baseline are trained once and shared. Test accuracy, mean ± std over seeds, of the PyTorch student
-and of its full-integer int8 TFLite export (TFLite's reference kernels, which compute what TFLite-Micro
-computes, bit for bit).
+The base recipe (quickstart by default) gives the data, the teacher, the student, the baseline and the
+training settings (epochs, optimiser, learning rate, schedule); each method adds only its own options,
+from its bundled recipe (quickstart for KD, mnist5k_<method> for the others). So only the method
+differs. Per seed the teacher and the baseline are trained once and shared. Test accuracy, mean ± std
+over seeds, of the PyTorch student and of its full-integer int8 TFLite export (TFLite's reference
+kernels, which compute what TFLite-Micro computes, bit for bit).
 
-    python benchmarks/suite/methods.py [--seeds 0,1,2] [--methods kd,hints,prokt,dkd,at,codistill]
+    python benchmarks/suite/methods.py [--base quickstart] [--seeds 0,1,2]
+                                       [--methods kd,hints,prokt,dkd,at,codistill]
 """
 
 from __future__ import annotations
@@ -23,12 +25,12 @@ import torch
 from rich.console import Console
 
 from edgekd.benchmarks.results import write_section
-from edgekd.data import labels_of, load_data
+from edgekd.data import labels_of, load_data, transfer_set
 from edgekd.exporters import tflite
 from edgekd.exporters.runtimes import LiteRTRunner
 from edgekd.methods import Plain, build_method
 from edgekd.models import create_model
-from edgekd.recipe import load_recipe
+from edgekd.recipe import TrainConfig, load_recipe
 from edgekd.train import MetricsLog, Runtime, train_stage
 
 RECIPES = {
@@ -56,22 +58,22 @@ def int8_accuracy(student: torch.nn.Module, data) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", default="quickstart", help="recipe giving data, models and training settings")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--methods", default=",".join(RECIPES))
     args = parser.parse_args()
     methods = args.methods.split(",")
-    recipes = {m: load_recipe(RECIPES[m]) for m in methods}
-    reference = load_recipe("quickstart")
-    for method, recipe in recipes.items():  # only the method may differ
-        for section in ("data", "student", "baseline"):
-            assert getattr(recipe, section) == getattr(reference, section), f"{RECIPES[method]}: {section} differs"
+    reference = load_recipe(args.base)
+    training = reference.distill.model_dump(include=set(TrainConfig.model_fields))
+    configs = {m: load_recipe(RECIPES[m]).distill.model_copy(update=training) for m in methods}
     console = Console(stderr=True)
     runtime = Runtime.from_recipe(reference.device, reference.channels_last, reference.amp)
     fp32: dict[str, list[float]] = {name: [] for name in ["baseline", *methods]}
     int8: dict[str, list[float]] = {name: [] for name in ["baseline", *methods]}
     started = time.perf_counter()
     for seed in [int(s) for s in args.seeds.split(",")]:
-        data = load_data(reference.data, seed)
+        data = load_data(reference.data, seed)  # the teacher learns from all of it
+        transfer = transfer_set(data, reference.data, seed)  # the students from this
         with tempfile.TemporaryDirectory() as scratch:
             common = dict(
                 seed=seed,
@@ -98,11 +100,11 @@ def main() -> None:
             train_stage(f"teacher s{seed}", Plain(teacher), reference.teachers[0].train, data, runtime, **common)
             baseline = new(reference.student, seed + 1)
             result = train_stage(
-                f"baseline s{seed}", Plain(baseline), reference.baseline_train_config(), data, runtime, **common
+                f"baseline s{seed}", Plain(baseline), reference.baseline_train_config(), transfer, runtime, **common
             )
             record("baseline", baseline, result.test_accuracy)
             for name in methods:
-                config = recipes[name].distill
+                config = configs[name]
                 student = new(reference.student, seed + 1)
                 method = build_method(
                     config,
@@ -112,11 +114,11 @@ def main() -> None:
                     image_size=data.image_size,
                     new_student=lambda k, seed=seed: new(reference.student, seed + 1 + 100 * k),
                 )
-                result = train_stage(f"{name} s{seed}", method, config, data, runtime, **common)
+                result = train_stage(f"{name} s{seed}", method, config, transfer, runtime, **common)
                 record(name, student, result.test_accuracy)
     base = statistics.mean(fp32["baseline"])
     rows = [
-        "| method | recipe | test accuracy (mean ± std) | per seed | vs. baseline | int8 TFLite (mean ± std) |",
+        "| method | options from | test accuracy (mean ± std) | per seed | vs. baseline | int8 TFLite (mean ± std) |",
         "| --- | --- | ---: | --- | ---: | ---: |",
     ]
     for name, values in fp32.items():
@@ -124,21 +126,25 @@ def main() -> None:
         int8_mean, int8_std = statistics.mean(int8[name]), statistics.stdev(int8[name]) if len(values) > 1 else 0.0
         gain = "–" if name == "baseline" else f"{(mean - base) * 100:+.2f} pt"
         per_seed = " / ".join(f"{v:.1%}" for v in values)
-        recipe = RECIPES.get(name, "quickstart (baseline)")
         rows.append(
-            f"| {name} | {recipe} | {mean:.2%} ± {std:.2%} | {per_seed} | {gain} | {int8_mean:.2%} ± {int8_std:.2%} |"
+            f"| {name} | {RECIPES.get(name, '–')} | {mean:.2%} ± {std:.2%} | {per_seed} | {gain} "
+            f"| {int8_mean:.2%} ± {int8_std:.2%} |"
         )
         print(rows[-1], flush=True)
+    settings = reference.distill
     body = (
-        f"MNIST-5k 32×32 (1,000 test images), {reference.teachers[0].model} teacher → {reference.student.model}, "
-        f"{reference.distill.epochs} epochs, lr {reference.distill.lr:g} for every student (the value the baseline "
-        f"and KD picked on validation), seeds {args.seeds}; {time.perf_counter() - started:,.0f} s in all. "
-        "Last-epoch test accuracy of the PyTorch student and of its int8 TFLite export. codistill trains three "
-        "students without the teacher; the first is scored.\n\n" + "\n".join(rows)
+        f"Base recipe `{reference.name}`: {reference.description}. The teacher ({reference.teachers[0].model}) "
+        f"learns from {len(data.train):,} training images, every student from {len(transfer.train):,}; "
+        f"{len(data.test):,} test images. {settings.epochs} epochs {settings.optimizer} {settings.schedule}, "
+        f"lr {settings.lr:g} for the distilled students and {reference.baseline_train_config().lr:g} for the "
+        f"baseline (each picked on validation; see the learning-rate sections), seeds {args.seeds}; "
+        f"{time.perf_counter() - started:,.0f} s in all, {torch.get_num_threads()} threads. Last-epoch test accuracy "
+        "of the PyTorch student and of its int8 TFLite export. codistill trains three students without the "
+        "teacher; the first is scored.\n\n" + "\n".join(rows)
     )
     write_section(
-        "distillation methods on MNIST-5k",
-        f"python benchmarks/suite/methods.py --seeds {args.seeds} --methods {args.methods}",
+        f"distillation methods: {reference.name}",
+        f"python benchmarks/suite/methods.py --base {args.base} --seeds {args.seeds} --methods {args.methods}",
         body,
     )
 
