@@ -175,3 +175,16 @@ def test_codistillation_end_to_end(capsys, tmp_path, tiny_recipe, write_recipe):
     community = summary["codistillation"]
     assert len(community["students"]) == 3 and community["students"][0] == pytest.approx(summary["student"]["accuracy"])
     assert 0 <= community["ensemble"] <= 1
+
+
+@pytest.mark.slow
+def test_students_learn_from_the_transfer_fraction_only(capsys, tmp_path, tiny_recipe, write_recipe):
+    tiny_recipe["data"]["transfer_fraction"] = 0.5
+    run_dir = tmp_path / "run"
+    code, out, err = run_cli(capsys, "distill", write_recipe(tiny_recipe), "--out", run_dir)
+    assert code == 0, err
+    images = json.loads((run_dir / "summary.json").read_text())["train_images"]
+    assert images["students"] == images["teacher"] // 2
+    assert f"the students learn from {images['students']:,} of {images['teacher']:,} training images" in " ".join(
+        out.split()
+    )
