@@ -124,6 +124,7 @@ def distill(
         check_model_name(model_config.model)
     runtime = Runtime.from_recipe(recipe.device, recipe.channels_last, recipe.amp)
     data = load_data(recipe.data, recipe.seed)
+    transfer = transfer_set(data, recipe.data, recipe.seed)  # the teachers learn from all of `data`
     prepare_run_dir(run_dir, recipe, resume=resume, overwrite=overwrite)
     atomic_save(recipe.to_yaml(), run_dir / "recipe.yaml")
     metrics = MetricsLog(run_dir / "metrics.csv")
@@ -207,7 +208,6 @@ def distill(
         return {"students": accuracies, "ensemble": correct / len(data.test)}
 
     excluded = recipe.data.exclude_classes
-    transfer = transfer_set(data, recipe.data, recipe.seed)  # the teachers learn from all of `data`
     correction: dict[str, dict] = {}
     single = len(recipe.teachers) == 1
     teachers = [

@@ -39,12 +39,15 @@ def assert_one_line_error(code, err, expected):
             "/nonexistent/images is not a folder",
         ),
         (lambda r: r["data"].update(dataset="cifar10", root="/nonexistent"), "lacks data_batch_1"),
+        (lambda r: r["data"].update(exclude_classes=[7]), "data.exclude_classes [7]: the dataset has classes 0..3"),
+        (lambda r: r["data"].update(transfer_fraction=0.01), "leaves fewer than one of the 112 training images"),
     ],
 )
 def test_bad_recipe_is_one_line_and_exit_2(capsys, tmp_path, tiny_recipe, write_recipe, mutate, expected):
     mutate(tiny_recipe)
     code, _, err = run_cli(capsys, "distill", write_recipe(tiny_recipe), "--out", tmp_path / "run")
     assert_one_line_error(code, err, expected)
+    assert not (tmp_path / "run").exists(), "rejected before the run directory is touched"
 
 
 def test_malformed_yaml(capsys, tmp_path):
