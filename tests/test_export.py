@@ -21,9 +21,11 @@ EXPORT_RECIPE = {
     "name": "export-test",
     "data": {"dataset": "digits", "image_size": 32, "channels": 1, "batch_size": 64},
     "teacher": {"model": "resnet10t", "train": {"epochs": 3, "lr": 0.003}},
-    "distill": {"method": "kd", "epochs": 6, "lr": 0.02},
+    # A student good enough to quantise within the checks (~95 %); a weak one (85 % after 6 epochs at lr
+    # 0.02) loses 13 points of agreement in onnxruntime's int8, and the checks rightly fail it.
+    "distill": {"method": "kd", "epochs": 15, "lr": 0.05},
     "baseline": {"enabled": False},
-    "export": {"calibration_images": 100},
+    "export": {"calibration_images": 300},
 }
 
 
@@ -119,9 +121,7 @@ def test_rotated_proxy_computes_the_same_student_rotated():
 def test_c_array_compiles_and_has_the_model_length(tmp_path):
     model_file = tmp_path / "model.tflite"
     model_file.write_bytes(bytes(range(256)) * 3 + b"\x01")
-    source, header = c_array.write_c_array(
-        model_file,
-        tmp_path,
+    interface = c_array.ModelInterface(
         input_shape=(1, 8, 8, 1),
         input_quant=(0.02, -3),
         output_quant=(0.1, 5),
@@ -131,6 +131,7 @@ def test_c_array_compiles_and_has_the_model_length(tmp_path):
         arena_bytes=12345,
         description="test",
     )
+    source, header = c_array.write_c_array(model_file, tmp_path, interface)
     assert "alignas(16) const unsigned char g_model_data[]" in source.read_text()
     assert "kTensorArenaSize = 12345" in header.read_text()
     length = compiled_model_length(source)
