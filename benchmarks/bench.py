@@ -12,6 +12,8 @@ import torch
 import yaml
 from rich.console import Console
 
+from edgekd.benchmarks import device as device_run
+from edgekd.benchmarks import firmware
 from edgekd.benchmarks import latency as latency_method
 from edgekd.benchmarks.compute import layer_macs, mcu_latency
 from edgekd.benchmarks.memory import analyse
@@ -19,6 +21,7 @@ from edgekd.benchmarks.profiles import Budget, Device
 from edgekd.benchmarks.report import (
     Artefact,
     Constraint,
+    DeviceRun,
     HostLatency,
     McuLatency,
     PeakLayer,
@@ -26,6 +29,7 @@ from edgekd.benchmarks.report import (
     Sram,
     Verdict,
     markdown,
+    plot_device_layers,
     plot_memory,
     plot_tradeoffs,
     plot_training,
@@ -44,6 +48,7 @@ RUNTIMES = {
 WINDOWS = 5  # MLPerf Tiny: five inputs, one window each
 DEVICE_FORMAT = "tflite-int8"
 MCU_RUNTIME_FOR_VERDICT = "tflm-cmsis-nn"
+TARGET_CHOICES = ("auto", "none", *firmware.TARGETS)
 
 
 def _artefact_format(path: Path) -> str:
@@ -67,8 +72,11 @@ def _artefact_format(path: Path) -> str:
     raise ArtefactError(f"{path}: not an artefact edgekd benchmarks (.onnx or .tflite), or a run directory")
 
 
-def _collect(source: Path) -> tuple[list[tuple[str, Path]], dict, dict | None, np.ndarray | None]:
-    """(format, path) pairs, the export findings, the training summary, and test images (None for a lone file)."""
+def _collect(
+    source: Path, test_count: int
+) -> tuple[list[tuple[str, Path]], dict, dict | None, tuple[np.ndarray, np.ndarray] | None]:
+    """(format, path) pairs, the export findings, the training summary, and test images with their
+    labels (None for a lone file)."""
     if source.is_dir():
         export_json = source / "artefacts" / "export.json"
         if not export_json.is_file():
@@ -83,26 +91,55 @@ def _collect(source: Path) -> tuple[list[tuple[str, Path]], dict, dict | None, n
             raise EdgeKDError(f"{source}: no exported model files found; run `edgekd export {source}`")
         summary_path = source / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
-        return artefacts, exported, summary, _test_images(source)
+        return artefacts, exported, summary, _test_images(source, test_count)
     if not source.is_file():
         raise EdgeKDError(f"{source} does not exist; give a run directory or an .onnx/.tflite file")
     return [(_artefact_format(source), source)], {}, None, None
 
 
-def _test_images(run_dir: Path) -> np.ndarray:
+def _test_images(run_dir: Path, count: int) -> tuple[np.ndarray, np.ndarray]:
     from edgekd.data import load_data
     from edgekd.recipe import parse_recipe
 
     recipe = parse_recipe(yaml.safe_load((run_dir / "recipe.yaml").read_text()), source=str(run_dir / "recipe.yaml"))
     data = load_data(recipe.data, recipe.seed)
-    return np.stack([data.test[i][0].numpy() for i in range(min(WINDOWS, len(data.test)))])
+    samples = [data.test[i] for i in range(min(count, len(data.test)))]
+    return np.stack([image.numpy() for image, _ in samples]), np.array([int(label) for _, label in samples])
 
 
 def _inputs_for(runner, images: np.ndarray | None) -> list:
     """Five prepared inputs: test images, or for a lone artefact random ones of its own shape."""
     if images is None:
         images = np.random.default_rng(0).standard_normal((WINDOWS, *runner.nchw_shape[1:])).astype(np.float32)
-    return [runner.prepare(image[None]) for image in images]
+    return [runner.prepare(image[None]) for image in images[:WINDOWS]]
+
+
+def resolve_target(target: str, device: Device, tflm: str | None) -> tuple[str | None, str | None]:
+    """(QEMU target to run, or None with the reason). `auto` runs the device's core when the toolchain
+    and a TFLM tree are present; a target named explicitly must be runnable, or it is bad input."""
+    if target not in TARGET_CHOICES:
+        raise firmware.DeviceSetupError(f"unknown target '{target}'; choose from {', '.join(TARGET_CHOICES)}")
+    if target == "none":
+        return None, "not asked for (target: none)"
+    if target == "auto":
+        target = firmware.TARGET_FOR_CORE.get(device.core or "")
+        if target is None:
+            return None, f"device {device.name} names no Cortex-M4 or Cortex-M7 core to emulate"
+        try:
+            firmware.find_toolchain()
+            firmware.resolve_tflm_tree(tflm)
+        except firmware.DeviceSetupError as exc:
+            return None, str(exc)
+        return target, None
+    core = firmware.TARGETS[target].core
+    if device.core is not None and device.core != core:
+        raise firmware.DeviceSetupError(
+            f"--target {target} emulates a {core} but device {device.name} is a {device.core}; "
+            f"use --target {firmware.TARGET_FOR_CORE.get(device.core, 'none')} or another device"
+        )
+    firmware.find_toolchain()
+    firmware.resolve_tflm_tree(tflm)
+    return target, None
 
 
 def _sram(path: Path, int8: bool) -> tuple[Sram, int]:
@@ -120,40 +157,93 @@ def _sram(path: Path, int8: bool) -> tuple[Sram, int]:
     ), profile.file_bytes
 
 
-def _constraint(name: str, value: float, limit: float, unit: str, basis: str) -> Constraint:
+def _constraint(name: str, value: float, limit: float, unit: str, basis: str, bound: str = "max") -> Constraint:
     """A value equal to its limit passes."""
+    margin = limit - value if bound == "max" else value - limit
     return Constraint(
-        name=name, value=value, limit=limit, unit=unit, margin=limit - value, passed=value <= limit, basis=basis
+        name=name, value=value, limit=limit, unit=unit, bound=bound, margin=margin, passed=margin >= 0, basis=basis
     )
 
 
 def verdict(artefact: Artefact, budget: Budget) -> Verdict:
-    """The arena must fit SRAM, the model flash, and the slow end of the MCU estimate the latency budget
-    (when one is given)."""
+    """The arena must fit SRAM, the firmware (or, without a device run, the model) flash, and the slow end
+    of the latency the latency budget (when one is given). Figures measured on the target come first:
+    the device run's arena, firmware size and instruction count; the x86 arena and the MAC-based
+    estimate only when there was no device run, and the basis says so."""
     constraints = []
+    measured = artefact.device if artefact.device is not None and artefact.device.status == "measured" else None
     sram = artefact.sram
-    if sram is not None:
-        measured = sram.arena_total_bytes is not None
+    if measured is not None:
         constraints.append(
             _constraint(
                 "SRAM",
-                sram.arena_total_bytes if measured else sram.static_peak_bytes,
+                measured.arena_used_bytes,
                 budget.sram_bytes,
                 "bytes",
-                "TFLite-Micro arena, measured" if measured else "static activation peak",
+                f"TFLite-Micro arena on the {measured.core} (QEMU {measured.machine}), measured",
             )
         )
-    if artefact.flash_bytes is not None:
-        constraints.append(_constraint("flash", artefact.flash_bytes, budget.flash_bytes, "bytes", "model flatbuffer"))
-    if budget.latency_ms is not None and artefact.mcu_latency:
-        estimate = next(
-            (m for m in artefact.mcu_latency if m.runtime == MCU_RUNTIME_FOR_VERDICT), artefact.mcu_latency[0]
-        )
+    elif sram is not None:
+        x86 = sram.arena_total_bytes is not None
         constraints.append(
             _constraint(
-                "latency", estimate.high_ms, budget.latency_ms, "ms", f"slow end of the {estimate.runtime} estimate"
+                "SRAM",
+                sram.arena_total_bytes if x86 else sram.static_peak_bytes,
+                budget.sram_bytes,
+                "bytes",
+                "TFLite-Micro arena, x86-64 build (the 32-bit target needs a little less)"
+                if x86
+                else "static activation peak",
             )
         )
+    if measured is not None:
+        constraints.append(
+            _constraint(
+                "flash",
+                measured.flash_bytes,
+                budget.flash_bytes,
+                "bytes",
+                "firmware image: model + TFLite Micro + CMSIS-NN + C runtime + runner (arm-none-eabi-size)",
+            )
+        )
+    elif artefact.flash_bytes is not None:
+        constraints.append(
+            _constraint(
+                "flash", artefact.flash_bytes, budget.flash_bytes, "bytes", "model flatbuffer only (no device run)"
+            )
+        )
+    if measured is not None:
+        constraints.append(
+            _constraint(
+                "device outputs",
+                measured.agreement_with_host,
+                1.0,
+                "fraction",
+                f"top-1 agreement of the firmware with host TFLite-Micro on {measured.images} inputs"
+                + ("; int8 outputs bit-identical" if measured.bit_exact else "; int8 outputs differ"),
+                bound="min",
+            )
+        )
+    if budget.latency_ms is not None:
+        if measured is not None and measured.latency is not None:
+            constraints.append(
+                _constraint(
+                    "latency",
+                    measured.latency.high_ms,
+                    budget.latency_ms,
+                    "ms",
+                    "slow end of " + measured.latency.basis,
+                )
+            )
+        elif artefact.mcu_latency:
+            estimate = next(
+                (m for m in artefact.mcu_latency if m.runtime == MCU_RUNTIME_FOR_VERDICT), artefact.mcu_latency[0]
+            )
+            constraints.append(
+                _constraint(
+                    "latency", estimate.high_ms, budget.latency_ms, "ms", f"slow end of the {estimate.runtime} estimate"
+                )
+            )
     return Verdict(artefact=artefact.format, passed=all(c.passed for c in constraints), constraints=constraints)
 
 
@@ -166,10 +256,16 @@ def bench(
     out_dir: Path | None = None,
     strict: bool = False,
     console: Console | None = None,
+    target: str = "auto",
+    device_images: int = 100,
+    tflm: str | None = None,
 ) -> Report:
     console = console or Console(stderr=True)
     source = Path(source)
-    artefacts, exported, summary, images = _collect(source)
+    run_target, skip_reason = resolve_target(target, device, tflm)
+    artefacts, exported, summary, test = _collect(source, max(WINDOWS, device_images))
+    images, labels = test if test is not None else (None, None)
+    out = out_dir or (source if source.is_dir() else source.parent / f"{source.stem}-report")
     torch.set_num_threads(1)  # one thread, as on an MCU and in MLPerf Tiny
     records = []
     for fmt, path in artefacts:
@@ -198,6 +294,13 @@ def bench(
                     McuLatency(runtime=m.runtime, ms=m.ms, low_ms=m.low_ms, high_ms=m.high_ms, basis=m.basis)
                     for m in mcu_latency(layers, device)
                 ]
+                if run_target is None:
+                    console.print(f"  [yellow]device run skipped[/yellow]: {skip_reason}", highlight=False)
+                    record.device = device_run.skipped(target, skip_reason)
+                else:
+                    record.device = _on_device(
+                        path, source, run_target, device, images, labels, device_images, tflm, out, console
+                    )
         records.append(record)
     device_record = DeviceRecord(
         name=device.name,
@@ -219,12 +322,12 @@ def bench(
         verdict=verdict(target, budget) if target else None,
     )
 
-    out = out_dir or (source if source.is_dir() else source.parent / f"{source.stem}-report")
     out.mkdir(parents=True, exist_ok=True)
     plots = [
         plot_training(source / "metrics.csv", out / "training.png") if source.is_dir() else None,
         plot_tradeoffs(report, out / "tradeoffs.png"),
         plot_memory(target, budget.sram_bytes, out / "memory.png") if target else None,
+        plot_device_layers(target, out / "device_layers.png") if target else None,
     ]
     report.plots = [p.name for p in plots if p is not None]
     (out / "report.json").write_text(report.model_dump_json(indent=2) + "\n")
@@ -235,3 +338,40 @@ def bench(
             f"{report.verdict.artefact} does not fit {device.name}: {'; '.join(failed)} (see {out / 'report.md'})"
         )
     return report
+
+
+def _on_device(
+    path: Path,
+    source: Path,
+    target: str,
+    device: Device,
+    images: np.ndarray | None,
+    labels: np.ndarray | None,
+    count: int,
+    tflm: str | None,
+    out: Path,
+    console: Console,
+) -> DeviceRun:
+    """Build and run the exported firmware project (or, for a lone .tflite, one made for it)."""
+    exported_project = source / "artefacts" / "mcu-project" if source.is_dir() else None
+    project = exported_project if exported_project is not None and exported_project.is_dir() else None
+    run = device_run.measure(
+        path,
+        target,
+        device,
+        project=project,
+        build_root=out / "device",
+        images=images,
+        labels=labels,
+        count=count,
+        tree_spec=tflm,
+        log=lambda text: console.print(text, highlight=False),
+    )
+    console.print(
+        f"  {run.target}: {run.instructions_mean / 1e6:,.3f} M instructions/inference, "
+        f"arena {run.arena_used_bytes:,} B, "
+        f"firmware flash {run.flash_bytes:,} B, agreement with host {run.agreement_with_host:.0%}"
+        + (" (bit-exact)" if run.bit_exact else " (outputs differ)"),
+        highlight=False,
+    )
+    return run

@@ -30,6 +30,16 @@ class RuntimeCost(BaseModel):
     other: tuple[float, float]
 
 
+class InstructionCost(BaseModel):
+    """Cycles per instruction ([low, high]) of TFLM + CMSIS-NN code on this core: turns the instructions
+    QEMU counts into time. QEMU models no pipeline, wait states or caches, so this comes from published
+    measurements of models edgekd also runs (see `benchmarks/suite/calibrate_cpi.py`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: str
+    cpi: tuple[float, float]
+
+
 class Device(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
@@ -39,6 +49,7 @@ class Device(BaseModel):
     sram_kb: float = Field(gt=0)
     flash_kb: float = Field(gt=0)
     runtimes: dict[str, RuntimeCost] = Field(default_factory=dict)
+    instruction_cost: InstructionCost | None = None
 
     @property
     def sram_bytes(self) -> int:

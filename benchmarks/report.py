@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class HostLatency(BaseModel):
@@ -46,9 +47,57 @@ class Constraint(BaseModel):
     value: float
     limit: float
     unit: str
-    margin: float = Field(description="limit - value: negative when over budget")
+    bound: Literal["max", "min"] = Field("max", description="max: value must not exceed limit; min: not fall below")
+    margin: float = Field(description="how far inside the limit the value is: negative when it fails")
     passed: bool
     basis: str
+
+
+class DeviceLayer(BaseModel):
+    index: int
+    op: str
+    output_shape: list[int]
+    macs: int
+    instructions: int
+
+
+class FlashPart(BaseModel):
+    name: str
+    bytes: int
+
+
+class DeviceRun(BaseModel):
+    """The int8 model compiled with TFLite Micro + CMSIS-NN for a Cortex-M core and run in QEMU."""
+
+    target: str = Field(description="qemu-m4 or qemu-m7")
+    core: str
+    machine: str = Field(description="the QEMU board")
+    status: Literal["measured", "skipped"]
+    reason: str | None = Field(None, description="why the device run was skipped")
+    images: int = 0
+    inputs: str = ""
+    instructions_mean: float | None = Field(None, description="per inference, mean over the timed inferences")
+    instructions_min: int | None = None
+    instructions_max: int | None = None
+    instruction_resolution: int | None = Field(None, description="instructions per timer tick: each figure is ± this")
+    warmup_instructions: int | None = None
+    profiled_instructions: int | None = Field(None, description="the inference profiled operator by operator")
+    layers: list[DeviceLayer] = Field(default_factory=list)
+    arena_used_bytes: int | None = Field(None, description="arena_used_bytes() of the 32-bit build")
+    arena_x86_bytes: int | None = None
+    flash_bytes: int | None = Field(None, description="firmware code, constants and .data initial values")
+    flash_parts: list[FlashPart] = Field(default_factory=list)
+    ram_static_bytes: int | None = Field(None, description=".data + .bss: arena, profiler, runner state")
+    model_bytes: int | None = None
+    agreement_with_host: float | None = Field(None, description="top-1 agreement with the host tflite-micro")
+    bit_exact: bool | None = Field(None, description="every int8 output equal to the host tflite-micro's")
+    max_output_difference: int | None = None
+    accuracy: float | None = None
+    latency: McuLatency | None = None
+    toolchain: str | None = None
+    tflm_tree: str | None = None
+    project: str | None = None
+    seconds: float | None = None
 
 
 class Artefact(BaseModel):
@@ -62,6 +111,7 @@ class Artefact(BaseModel):
     flash_bytes: int | None = None
     sram: Sram | None = None
     macs: int | None = None
+    device: DeviceRun | None = None
 
 
 class Device(BaseModel):
@@ -107,6 +157,18 @@ def _ms(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f} ms"
 
 
+def format_value(unit: str, value: float | None) -> str:
+    if value is None:
+        return "–"
+    if unit == "bytes":
+        return _kib(value)
+    if unit == "ms":
+        return f"{value:,.2f} ms"
+    if unit == "fraction":
+        return f"{value:.2%}"
+    return f"{value:,g}"
+
+
 def markdown(report: Report) -> str:
     lines = [
         f"# edgekd report: {report.source}",
@@ -126,9 +188,9 @@ def markdown(report: Report) -> str:
             "| --- | ---: | ---: | ---: | --- | --- |",
         ]
         for c in report.verdict.constraints:
-            show = _kib if c.unit == "bytes" else (lambda v: f"{v:,.2f} ms")
+            limit = ("≥ " if c.bound == "min" else "") + format_value(c.unit, c.limit)
             lines.append(
-                f"| {c.name} | {show(c.value)} | {show(c.limit)} | {show(c.margin)} | "
+                f"| {c.name} | {format_value(c.unit, c.value)} | {limit} | {format_value(c.unit, c.margin)} | "
                 f"{'pass' if c.passed else '**FAIL**'} | {c.basis} |"
             )
         lines.append("")
@@ -199,15 +261,17 @@ def markdown(report: Report) -> str:
         "x86 onnxruntime).",
         "",
     ]
-    device_artefacts = [a for a in report.artefacts if a.mcu_latency or a.sram]
-    if device_artefacts:
+    lines += _device_section(report)
+    graph_artefacts = [a for a in report.artefacts if a.mcu_latency or a.sram]
+    if graph_artefacts:
         lines += [
-            "## On the device",
+            "## From the graph",
             "",
-            "| artefact | MACs | flash | static SRAM peak | TFLite-Micro arena (head + tail) | peak layer |",
+            "| artefact | MACs | model flatbuffer | static SRAM peak | TFLite-Micro arena, x86-64 (head + tail) "
+            "| peak layer |",
             "| --- | ---: | ---: | ---: | ---: | --- |",
         ]
-        for a in device_artefacts:
+        for a in graph_artefacts:
             s = a.sram
             arena = (
                 "–"
@@ -222,20 +286,103 @@ def markdown(report: Report) -> str:
             static_peak = _kib(s.static_peak_bytes if s else None)
             lines.append(f"| {a.format} | {a.macs or 0:,} | {_kib(a.flash_bytes)} | {static_peak} | {arena} | {peak} |")
         lines += ["", "| artefact | MCU runtime | estimated latency | basis |", "| --- | --- | ---: | --- |"]
-        for a in device_artefacts:
+        for a in graph_artefacts:
             lines += [
                 f"| {a.format} | {m.runtime} | {m.ms:,.1f} ms ({m.low_ms:,.1f}–{m.high_ms:,.1f}) | {m.basis} |"
                 for m in a.mcu_latency
             ]
         lines += [
             "",
-            "Flash counts the model's flatbuffer only, not the runtime's code. The arena is measured with "
-            "TFLite-Micro's x86-64 build; its tail is smaller on a 32-bit MCU.",
+            "Estimates from the .tflite alone: the static peak from tensor lifetimes, the arena from "
+            "TFLite-Micro's x86-64 build (its tail is smaller on a 32-bit MCU), latency from MACs × a cycles/MAC "
+            "range. Where the device run measured a figure, the verdict uses the measurement.",
             "",
         ]
     if report.plots:
         lines += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in report.plots] + [""]
     return "\n".join(lines)
+
+
+def _device_section(report: Report) -> list[str]:
+    runs = [(a, a.device) for a in report.artefacts if a.device is not None]
+    if not runs:
+        return []
+    lines = ["## Measured on the device", ""]
+    for artefact, run in runs:
+        if run.status == "skipped":
+            lines += [f"Skipped for {artefact.format}: {run.reason}", ""]
+            continue
+        m = 1e6
+        parts = ", ".join(f"{p.name} {_kib(p.bytes)}" for p in run.flash_parts)
+        latency = run.latency
+        lines += [
+            f"{artefact.format} compiled with TensorFlow Lite Micro + CMSIS-NN for the {run.core} and run in QEMU "
+            f"({run.machine}, `-icount shift=0`): {run.images} {run.inputs} in one boot.",
+            "",
+            "| figure | value | how |",
+            "| --- | ---: | --- |",
+            f"| instructions per inference | {run.instructions_mean / m:,.3f} M | mean of {run.images} timed "
+            f"inferences after a warm-up (min {run.instructions_min / m:,.3f} M, "
+            f"max {run.instructions_max / m:,.3f} M; "
+            f"±{run.instruction_resolution} per reading) |",
+        ]
+        if latency is not None:
+            lines.append(
+                f"| latency | {latency.ms:,.1f} ms ({latency.low_ms:,.1f}–{latency.high_ms:,.1f}) | {latency.basis} |"
+            )
+        else:
+            lines.append("| latency | – | the device profile has no clock or cycles-per-instruction range |")
+        lines += [
+            f"| tensor arena | {_kib(run.arena_used_bytes)} | `arena_used_bytes()` on the target (x86-64 build: "
+            f"{_kib(run.arena_x86_bytes)}) |",
+            f"| firmware flash | {_kib(run.flash_bytes)} | {parts} |",
+            f"| outputs vs host TFLite-Micro | {_percent(run.agreement_with_host)} | top-1 agreement; int8 outputs "
+            + ("bit-identical" if run.bit_exact else f"differ by up to {run.max_output_difference}")
+            + " |",
+        ]
+        if run.accuracy is not None:
+            lines.append(f"| accuracy on the device | {_percent(run.accuracy)} | on the {run.images} test images |")
+        lines += ["", *_layer_tables(run), ""]
+        lines += [
+            "QEMU counts instructions, not cycles: it models no pipeline, flash wait states or caches. The latency "
+            "turns instructions into time with the device profile's cycles-per-instruction range.",
+            "",
+        ]
+    return lines
+
+
+def _layer_tables(run: DeviceRun) -> list[str]:
+    total = sum(layer.instructions for layer in run.layers) or 1
+    by_op: dict[str, list[DeviceLayer]] = {}
+    for layer in run.layers:
+        by_op.setdefault(layer.op, []).append(layer)
+    lines = [
+        f"Instructions by operator (one profiled inference, {run.profiled_instructions / 1e6:,.3f} M; "
+        f"the layers sum to {total / max(run.profiled_instructions or 1, 1):.1%} of it):",
+        "",
+        "| operator | layers | MACs | instructions | per MAC | share |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for op, layers in sorted(by_op.items(), key=lambda kv: -sum(layer.instructions for layer in kv[1])):
+        instructions = sum(layer.instructions for layer in layers)
+        macs = sum(layer.macs for layer in layers)
+        per_mac = f"{instructions / macs:.2f}" if macs else "–"
+        lines.append(f"| {op} | {len(layers)} | {macs:,} | {instructions:,} | {per_mac} | {instructions / total:.1%} |")
+    lines += [
+        "",
+        "<details><summary>Every layer</summary>",
+        "",
+        "| # | operator | output | MACs | instructions | per MAC |",
+        "| ---: | --- | --- | ---: | ---: | ---: |",
+    ]
+    for layer in run.layers:
+        per_mac = f"{layer.instructions / layer.macs:.2f}" if layer.macs else "–"
+        lines.append(
+            f"| {layer.index} | {layer.op} | {'×'.join(map(str, layer.output_shape))} | {layer.macs:,} | "
+            f"{layer.instructions:,} | {per_mac} |"
+        )
+    lines += ["", "</details>"]
+    return lines
 
 
 # ---------------------------------------------------------------- plots
@@ -334,6 +481,39 @@ def plot_memory(artefact: Artefact, sram_budget: int, out: Path) -> Path | None:
         fontsize=8,
     )
     axis.set(title=f"live activations per layer ({artefact.format})", xlabel="layer (op order)", ylabel="KiB")
+    axis.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_device_layers(artefact: Artefact, out: Path) -> Path | None:
+    run = artefact.device
+    if run is None or run.status != "measured" or not run.layers:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ops = list(dict.fromkeys(layer.op for layer in run.layers))
+    colours = {op: plt.get_cmap("tab10")(i % 10) for i, op in enumerate(ops)}
+    fig, axis = plt.subplots(figsize=(10, 3.6))
+    for op in ops:
+        layers = [layer for layer in run.layers if layer.op == op]
+        axis.bar(
+            [layer.index for layer in layers],
+            [layer.instructions / 1e3 for layer in layers],
+            color=colours[op],
+            label=op,
+        )
+    axis.set(
+        title=f"instructions per layer on the {run.core} "
+        f"(QEMU, one inference: {run.profiled_instructions / 1e6:,.2f} M)",
+        xlabel="layer (op order)",
+        ylabel="thousand instructions",
+    )
     axis.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=110)

@@ -52,7 +52,8 @@ def export(
     formats: str | None = typer.Option(
         None,
         "--formats",
-        help="comma-separated: onnx,onnx-int8,tflite,tflite-int8,c-array (default: the recipe's export.formats)",
+        help="comma-separated: onnx,onnx-int8,tflite,tflite-int8,c-array,mcu-project "
+        "(default: the recipe's export.formats)",
     ),
 ) -> None:
     """Export the distilled student to device artefacts and verify each one against PyTorch."""
@@ -63,13 +64,31 @@ def export(
     stdout.print(f"all {len(report['artefacts'])} artefacts verified: {run_dir / 'artefacts' / 'export.json'}")
 
 
-def _bench(source: Path, device: str, budget: str | None, latency_seconds: float, strict: bool) -> None:
+def _bench(
+    source: Path,
+    device: str,
+    budget: str | None,
+    latency_seconds: float,
+    strict: bool,
+    target: str,
+    device_images: int,
+    tflm: str | None,
+) -> None:
     from edgekd.benchmarks.bench import bench as run_bench
     from edgekd.benchmarks.profiles import load_device, parse_budget
+    from edgekd.benchmarks.report import format_value
 
     profile = load_device(device)
     report = run_bench(
-        source, profile, parse_budget(budget, profile), latency_seconds=latency_seconds, strict=strict, console=stderr
+        source,
+        profile,
+        parse_budget(budget, profile),
+        latency_seconds=latency_seconds,
+        strict=strict,
+        console=stderr,
+        target=target,
+        device_images=device_images,
+        tflm=tflm,
     )
     out = source if source.is_dir() else source.parent / f"{source.stem}-report"
     if report.verdict is not None:
@@ -77,14 +96,20 @@ def _bench(source: Path, device: str, budget: str | None, latency_seconds: float
         stdout.print(
             f"{mark} {report.verdict.artefact} on {report.device.name}: "
             + ", ".join(
-                f"{c.name} {'ok' if c.passed else 'over'} ({c.value / 1024:,.1f} of {c.limit / 1024:,.1f} KiB)"
-                if c.unit == "bytes"
-                else f"{c.name} {'ok' if c.passed else 'over'} ({c.value:,.1f} of {c.limit:,.1f} ms)"
+                f"{c.name} {'ok' if c.passed else 'FAILED'} ({format_value(c.unit, c.value)}"
+                f" {'of' if c.bound == 'max' else 'need ≥'} {format_value(c.unit, c.limit)})"
                 for c in report.verdict.constraints
             ),
             highlight=False,
         )
     stdout.print(f"report: {out / 'report.md'}")
+
+
+TARGET_HELP = (
+    "where to run the int8 model for real: qemu-m4 / qemu-m7 (TFLite Micro + CMSIS-NN firmware in QEMU), "
+    "auto (the device's core, when the Arm toolchain and a TFLM tree are present), none"
+)
+TFLM_HELP = "TensorFlow Lite Micro source tree (folder or tarball) for the device run (default: $EDGEKD_TFLM)"
 
 
 @app.command()
@@ -98,9 +123,12 @@ def bench(
     ),
     latency_seconds: float = typer.Option(1.0, "--latency-seconds", help="length of each of the five latency windows"),
     strict: bool = typer.Option(False, "--strict", help="exit 1 when the int8 model does not fit the budget"),
+    target: str = typer.Option("auto", "--target", help=TARGET_HELP),
+    device_images: int = typer.Option(100, "--device-images", min=1, help="test images fed through the firmware"),
+    tflm: str | None = typer.Option(None, "--tflm", help=TFLM_HELP),
 ) -> None:
-    """Accuracy, host latency, MCU latency estimate, SRAM and flash of every artefact; a verdict and a report."""
-    _bench(source, device, budget, latency_seconds, strict)
+    """Accuracy, host latency, measured device figures, SRAM and flash of every artefact; a verdict and a report."""
+    _bench(source, device, budget, latency_seconds, strict, target, device_images, tflm)
 
 
 @app.command()
@@ -111,6 +139,7 @@ def run(
     overwrite: bool = typer.Option(False, "--overwrite", help="delete an earlier run in the run directory first"),
     set_: list[str] = typer.Option([], "--set", help="override a recipe key, e.g. --set bench.device=stm32f746"),
     strict: bool = typer.Option(False, "--strict", help="exit 1 when the int8 model does not fit the budget"),
+    tflm: str | None = typer.Option(None, "--tflm", help=TFLM_HELP),
 ) -> None:
     """Distil, export, benchmark and report: the whole path in one command."""
     from edgekd.exporters.export import export_run
@@ -121,14 +150,26 @@ def run(
     if resume and overwrite:
         raise EdgeKDError("--resume and --overwrite contradict each other; pass one")
     loaded = load_recipe(recipe, set_)
+    from edgekd.benchmarks.bench import resolve_target
     from edgekd.benchmarks.profiles import load_device, parse_budget
 
-    parse_budget(loaded.bench.budget, load_device(loaded.bench.device))  # bad device or budget: fail before training
+    profile = load_device(loaded.bench.device)
+    parse_budget(loaded.bench.budget, profile)  # bad device, budget or target: fail before training
+    resolve_target(loaded.bench.target, profile, tflm)
     run_dir = out if out is not None else default_run_dir(loaded)
     summary = run_distill(loaded, run_dir, resume=resume, overwrite=overwrite, console=stderr)
     stdout.print(summary_table(summary))
     export_run(run_dir, console=stderr)
-    _bench(run_dir, loaded.bench.device, loaded.bench.budget, loaded.bench.latency_seconds, strict)
+    _bench(
+        run_dir,
+        loaded.bench.device,
+        loaded.bench.budget,
+        loaded.bench.latency_seconds,
+        strict,
+        loaded.bench.target,
+        loaded.bench.device_images,
+        tflm,
+    )
 
 
 @app.command()
@@ -173,6 +214,60 @@ def fit(
     stdout.print(table)
     stdout.print("Ranked by MACs (the proxy for accuracy). Paste into a recipe:\n")
     stdout.print(recipe_block(found[0], channels), highlight=False, markup=False)
+
+
+@app.command()
+def doctor(
+    tflm: str | None = typer.Option(None, "--tflm", help=TFLM_HELP),
+    require_device: bool = typer.Option(
+        False, "--require-device", help="exit 1 unless the device run (toolchain, QEMU, TFLM tree) can happen"
+    ),
+) -> None:
+    """What this machine has for each part of edgekd, what is missing, and how to get it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from rich.table import Table
+
+    from edgekd.benchmarks import firmware
+
+    table = Table(title="edgekd doctor", show_lines=False)
+    for column in ("component", "status", "detail"):
+        table.add_column(column, overflow="fold")
+    ok, missing = "[green]ok[/green]", "[red]missing[/red]"
+    for package in ("torch", "timm", "onnxruntime", "litert-torch", "ai-edge-litert", "tflite-micro"):
+        try:
+            table.add_row(package, ok, version(package))
+        except PackageNotFoundError:
+            table.add_row(package, missing, f"pip install {package}")
+    device_ready = True
+    for name, present, detail in firmware.toolchain_status():
+        device_ready &= present
+        table.add_row(
+            name,
+            ok if present else missing,
+            detail or ("" if present else f"apt-get install {firmware.PACKAGES[name]}"),
+        )
+    try:
+        tree = firmware.resolve_tflm_tree(tflm)
+    except firmware.DeviceSetupError as exc:
+        device_ready = False
+        table.add_row("TFLM tree", missing, str(exc))
+    else:
+        table.add_row("TFLM tree", ok, str(tree))
+        cached = sorted(p.parent.name for p in (firmware.cache_dir() / "tflm-lib").glob("*/libtflm.a"))
+        table.add_row(
+            "TFLM library cache", ok, f"{firmware.cache_dir() / 'tflm-lib'}: {', '.join(cached) or 'none built yet'}"
+        )
+    stdout.print(table)
+    if device_ready:
+        stdout.print("device run: ready (`edgekd bench --target qemu-m4|qemu-m7`; `auto` uses the device's core)")
+    else:
+        stdout.print(
+            "device run: not possible here; `edgekd bench` reports the device figures as skipped. "
+            f"Toolchain: {firmware.INSTALL_HINT}."
+        )
+        if require_device:
+            raise CheckFailed("the device run needs what is marked missing above")
 
 
 @app.command()

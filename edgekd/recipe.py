@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 from edgekd.errors import RecipeError
 
 DATASETS = ("digits", "mnist5k", "imagefolder", "cifar10", "cifar100", "synthetic")
-FORMATS = ("onnx", "onnx-int8", "tflite", "tflite-int8", "c-array")
+FORMATS = ("onnx", "onnx-int8", "tflite", "tflite-int8", "c-array", "mcu-project")
 
 
 class StrictModel(BaseModel):
@@ -239,6 +239,10 @@ class BenchConfig(StrictModel):
     device: str = "cortex-m4"
     budget: str | None = Field(None, description="e.g. sram=256k,flash=1M,latency=100ms (default: the device's)")
     latency_seconds: float = Field(1.0, gt=0, description="length of each of the five latency windows")
+    target: Literal["auto", "none", "qemu-m4", "qemu-m7"] = Field(
+        "auto", description="run the int8 firmware in QEMU: auto = the device's core, when a toolchain is present"
+    )
+    device_images: int = Field(100, ge=1, description="test images fed through the firmware in one boot")
 
 
 class Recipe(StrictModel):

@@ -2,29 +2,49 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ModelInterface:
+    """What firmware needs besides the model bytes: how to feed it, how to read it, how much arena."""
+
+    input_shape: tuple[int, ...]  # NHWC
+    input_quant: tuple[float, int]  # scale, zero point
+    output_quant: tuple[float, int]
+    mean: list[float]
+    std: list[float]
+    class_names: list[str]
+    arena_bytes: int
+    description: str
+
+    @classmethod
+    def of(cls, micro, *, mean, std, class_names, arena_bytes: int, description: str) -> ModelInterface:
+        """From a `MicroRunner` over the int8 model."""
+        return cls(
+            input_shape=tuple(micro.input_shape),
+            input_quant=(micro.input_scale, micro.input_zero_point),
+            output_quant=(micro.output_scale, micro.output_zero_point),
+            mean=list(mean),
+            std=list(std),
+            class_names=list(class_names),
+            arena_bytes=arena_bytes,
+            description=description,
+        )
 
 
 def _c_string(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def write_c_array(
-    tflite_path: Path,
-    out_dir: Path,
-    *,
-    input_shape: tuple[int, ...],
-    input_quant: tuple[float, int],
-    output_quant: tuple[float, int],
-    mean: list[float],
-    std: list[float],
-    class_names: list[str],
-    arena_bytes: int,
-    description: str,
-) -> tuple[Path, Path]:
+def write_c_array(tflite_path: Path, out_dir: Path, interface: ModelInterface) -> tuple[Path, Path]:
     """`alignas(16) const unsigned char g_model_data[]` (TFLM reads the flatbuffer in place, and some
     kernels need aligned weights) plus a header with everything the firmware needs to feed it."""
     data = Path(tflite_path).read_bytes()
+    input_shape, input_quant, output_quant = interface.input_shape, interface.input_quant, interface.output_quant
+    mean, std, class_names = interface.mean, interface.std, interface.class_names
+    arena_bytes, description = interface.arena_bytes, interface.description
     _, height, width, channels = input_shape
     header = out_dir / "model_data.h"
     source = out_dir / "model_data.cc"

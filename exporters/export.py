@@ -18,7 +18,7 @@ from rich.console import Console
 
 from edgekd.data import load_data
 from edgekd.errors import CheckFailed, DataError, EdgeKDError, ModelError
-from edgekd.exporters import c_array, onnx, tflite
+from edgekd.exporters import c_array, mcu_project, onnx, tflite
 from edgekd.exporters.runtimes import LiteRTRunner, MicroRunner, OnnxRunner, Runner
 from edgekd.models import create_model
 from edgekd.recipe import FORMATS, ExportConfig, Recipe, parse_recipe
@@ -29,8 +29,9 @@ FILES = {
     "tflite": "student.tflite",
     "tflite-int8": "student.int8.tflite",
     "c-array": "model_data.cc",
+    "mcu-project": "mcu-project",
 }
-NEEDS = {"onnx-int8": "onnx", "c-array": "tflite-int8"}
+NEEDS = {"onnx-int8": "onnx", "c-array": "tflite-int8", "mcu-project": "tflite-int8"}
 
 
 def parse_formats(text: str) -> list[str]:
@@ -158,6 +159,10 @@ def export_run(run_dir: Path, formats: list[str] | None = None, console: Console
                 )
         return {"results": results, "checks": checks}
 
+    def interface() -> c_array.ModelInterface:
+        arena = report["artefacts"]["tflite-int8"]["info"]["arena"]["total"]
+        return _interface(out / FILES["tflite-int8"], arena, data, recipe, metadata)
+
     for fmt in formats:
         started = time.perf_counter()
         path = out / FILES[fmt]
@@ -199,8 +204,10 @@ def export_run(run_dir: Path, formats: list[str] | None = None, console: Console
                 )
             )
         elif fmt == "c-array":
-            entry.update(_c_array(out, report["artefacts"]["tflite-int8"], metadata, data, recipe))
-        entry["bytes"] = path.stat().st_size
+            entry.update(_c_array(out, out / FILES["tflite-int8"], interface()))
+        elif fmt == "mcu-project":
+            entry.update(_mcu_project(path, out / FILES["tflite-int8"], interface()))
+        entry["bytes"] = _size(path)
         entry["seconds"] = round(time.perf_counter() - started, 1)
         entry["passed"] = all(check["passed"] for check in entry["checks"])
         report["artefacts"][fmt] = entry
@@ -224,6 +231,13 @@ def export_run(run_dir: Path, formats: list[str] | None = None, console: Console
     return report
 
 
+def _size(path: Path) -> int:
+    """A file's size; for a project folder, its sources (not what a build left in it)."""
+    if not path.is_dir():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and "build" not in p.relative_to(path).parts)
+
+
 def _previous_artefacts(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text()).get("artefacts", {})
@@ -231,21 +245,20 @@ def _previous_artefacts(path: Path) -> dict[str, Any]:
         return {}
 
 
-def _c_array(out: Path, tflite_entry: dict, metadata: dict, data, recipe: Recipe) -> dict[str, Any]:
-    tflite_path = out / FILES["tflite-int8"]
-    micro = MicroRunner(tflite_path, arena_size=tflite_entry["info"]["arena"]["total"])  # measured by the int8 step
-    source, header = c_array.write_c_array(
-        tflite_path,
-        out,
-        input_shape=micro.input_shape,
-        input_quant=(micro.input_scale, micro.input_zero_point),
-        output_quant=(micro.output_scale, micro.output_zero_point),
-        mean=list(data.mean),
-        std=list(data.std),
-        class_names=list(data.class_names),
-        arena_bytes=tflite_entry["info"]["arena"]["total"],
+def _interface(tflite_path: Path, arena: int, data, recipe: Recipe, metadata: dict) -> c_array.ModelInterface:
+    micro = MicroRunner(tflite_path, arena_size=arena)
+    return c_array.ModelInterface.of(
+        micro,
+        mean=data.mean,
+        std=data.std,
+        class_names=data.class_names,
+        arena_bytes=arena,  # measured by the int8 step
         description=f"{recipe.name}, {metadata['model']} int8, {micro.input_shape[1]}x{micro.input_shape[2]}",
     )
+
+
+def _c_array(out: Path, tflite_path: Path, interface: c_array.ModelInterface) -> dict[str, Any]:
+    source, header = c_array.write_c_array(tflite_path, out, interface)
     entry: dict[str, Any] = {"header": str(header.name), "info": {"model_bytes": tflite_path.stat().st_size}}
     length = compiled_model_length(source)
     if length is None:
@@ -258,6 +271,23 @@ def _c_array(out: Path, tflite_entry: dict, metadata: dict, data, recipe: Recipe
             ),
         ]
     return entry
+
+
+def _mcu_project(folder: Path, tflite_path: Path, interface: c_array.ModelInterface) -> dict[str, Any]:
+    """The firmware project; its operators checked against a TFLM tree when one is configured (building
+    and running it is `edgekd bench --target`'s job)."""
+    from edgekd.benchmarks import firmware
+    from edgekd.benchmarks.device import check_operators
+
+    ops = mcu_project.write_mcu_project(tflite_path, folder, interface)
+    try:
+        tree = firmware.resolve_tflm_tree()
+    except firmware.DeviceSetupError as exc:
+        check = _check("TFLM kernels", True, f"not checked: {exc}")
+    else:
+        check_operators(tflite_path, tree)  # an operator TFLM lacks is bad input: one line, exit 2
+        check = _check("TFLM kernels", True, f"{', '.join(ops)}: every operator has a kernel in {tree}")
+    return {"info": {"operators": ops}, "checks": [check]}
 
 
 def compiled_model_length(source: Path) -> int | None:

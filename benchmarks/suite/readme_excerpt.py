@@ -11,10 +11,12 @@ import sys
 from pathlib import Path
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-SECTIONS = ("## Verdict", "## Training", "## Artefacts", "## On the device")
+SECTIONS = ("## Verdict", "## Training", "## Artefacts", "## Measured on the device", "## From the graph")
 
 
 def excerpt(report_md: str) -> str:
+    """The sections a reader of the README needs; the per-layer table stays in report.md."""
+    report_md = re.sub(r"<details>.*?</details>", "(Every layer: in the run's report.md.)", report_md, flags=re.S)
     parts = re.split(r"(?m)^(?=## )", report_md)
     kept = [part.strip() for part in parts if part.startswith(SECTIONS)]
     return "\n\n".join(part.replace("## ", "#### ", 1) for part in kept)

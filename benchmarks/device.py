@@ -1,0 +1,205 @@
+"""Measured on the target: the int8 model in TensorFlow Lite Micro + CMSIS-NN, compiled for a Cortex-M
+core and run in QEMU.
+
+The procedure, in order:
+1. Write (or take the exported) mcu-project: the C array, a runner whose op resolver holds only the
+   model's operators, a benchmark main. Refuse an operator the TFLM tree lacks, or a model the board
+   cannot hold, before building.
+2. Build it with the Arm GNU toolchain (the TFLM library once per tree/core/flags, cached).
+3. Boot it once in QEMU with `-icount shift=0` and feed it N test images: one warm-up inference, then
+   one timed inference per image (instructions = timer ticks × 40), then one more inference of the
+   first image with TFLM's MicroProfiler attached, operator by operator.
+4. Compare every int8 output with the host tflite-micro interpreter's (expected: bit-identical).
+5. Report instructions per inference (mean, min, max), per layer, the arena the 32-bit build used,
+   the firmware's flash by component, and latency = instructions × cycles per instruction ÷ clock with
+   the device profile's CPI range and its source.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from edgekd.benchmarks import firmware as fw
+from edgekd.benchmarks.compute import layer_macs
+from edgekd.benchmarks.profiles import Device
+from edgekd.benchmarks.report import DeviceLayer, DeviceRun, FlashPart, McuLatency
+from edgekd.exporters.c_array import ModelInterface
+from edgekd.exporters.mcu_project import model_ops, resolver_method, write_mcu_project
+from edgekd.exporters.runtimes import MicroRunner
+from edgekd.exporters.tflite import read_graph
+
+
+def check_operators(tflite_path: Path, tree: Path) -> None:
+    """Every operator of the model must be one the tree's TFLM can register, under the name we use."""
+    methods = fw.resolver_methods(tree)
+    for op in model_ops(tflite_path):
+        if op not in methods:
+            raise fw.DeviceSetupError(
+                f"TensorFlow Lite Micro (tree {tree}) has no kernel for operator {op} used by {tflite_path.name}; "
+                "change the model or use a newer TFLM tree"
+            )
+        if methods[op] != resolver_method(op):
+            raise fw.DeviceSetupError(
+                f"the TFLM tree registers {op} with {methods[op]}(), not {resolver_method(op)}(); "
+                "this edgekd does not know that TFLM version"
+            )
+
+
+def project_for(tflite_path: Path, micro: MicroRunner, arena_bytes: int, folder: Path) -> Path:
+    """A project for a lone .tflite (a run directory's export already holds one): no normalisation or
+    class names are known, so the header says identity and class_<i>."""
+    channels = micro.input_shape[-1]
+    classes = int(np.prod(micro.interpreter.get_output_details(0)["shape"]))
+    interface = ModelInterface.of(
+        micro,
+        mean=[0.0] * channels,
+        std=[1.0] * channels,
+        class_names=[f"class_{i}" for i in range(classes)],
+        arena_bytes=arena_bytes,
+        description=tflite_path.name,
+    )
+    write_mcu_project(tflite_path, folder, interface)
+    return folder
+
+
+def measure(
+    tflite_path: Path,
+    target_name: str,
+    device: Device,
+    *,
+    project: Path | None,
+    build_root: Path,
+    images: np.ndarray | None,
+    labels: np.ndarray | None,
+    count: int,
+    tree_spec: str | None,
+    log: Callable[[str], None] = print,
+) -> DeviceRun:
+    """The device figures of an int8 .tflite on a QEMU target. `images` are normalised NCHW floats
+    (the test split); without them, seeded random int8 inputs are used."""
+    target = fw.TARGETS[target_name]
+    toolchain = fw.find_toolchain()
+    tree = fw.resolve_tflm_tree(tree_spec)
+    check_operators(tflite_path, tree)
+    micro = MicroRunner(tflite_path)
+    if micro.input_dtype != np.int8 or micro.output_dtype != np.int8:
+        raise fw.DeviceSetupError(
+            f"{tflite_path.name} has {micro.input_dtype} input and {micro.output_dtype} output; the firmware runs "
+            "full-integer models (int8 in and out), as `edgekd export` writes student.int8.tflite"
+        )
+    arena_x86 = micro.arena["total"]
+    fw.check_board_memory(tflite_path.stat().st_size, arena_x86, target)
+    if project is None:
+        project = project_for(tflite_path, micro, arena_x86, build_root / "mcu-project")
+
+    if images is not None:
+        inputs = np.stack([micro.prepare(image[None]) for image in images[:count]])
+    else:
+        rng = np.random.default_rng(0)
+        inputs = rng.integers(-128, 128, size=(count, *micro.input_shape), dtype=np.int8)
+    host = np.stack([micro.invoke(x).reshape(-1) for x in inputs]).astype(np.int8)
+
+    firmware = fw.build_firmware(project, target, tree, toolchain, log=log)
+    started = time.perf_counter()
+    run = fw.run_firmware(firmware, inputs.reshape(len(inputs), -1), toolchain)
+    log(
+        f"  {target.name}: {len(inputs)} inferences in QEMU ({run.seconds:.1f} s); "
+        f"build {firmware.seconds:.1f} s{' (TFLM library built)' if firmware.library_built else ''}"
+    )
+    per_tick = run.instructions_per_tick
+    instructions = np.array(run.ticks, dtype=np.float64) * per_tick
+    firmware_outputs = run.outputs.reshape(host.shape)
+    agreement = float((firmware_outputs.argmax(1) == host.argmax(1)).mean())
+    accuracy = float((firmware_outputs.argmax(1) == labels[: len(inputs)]).mean()) if labels is not None else None
+    sizes = fw.section_sizes(firmware.elf, toolchain)
+    flash_total = fw.flash_bytes(sizes)
+    parts = fw.flash_by_component(firmware.map)
+    parts["other (padding, merged strings)"] = flash_total - sum(parts.values())
+    mean = float(instructions.mean())
+    return DeviceRun(
+        target=target.name,
+        core=target.core,
+        machine=target.machine,
+        status="measured",
+        images=len(inputs),
+        inputs="test images" if images is not None else "random int8 inputs (seed 0)",
+        instructions_mean=mean,
+        instructions_min=int(instructions.min()),
+        instructions_max=int(instructions.max()),
+        instruction_resolution=int(per_tick),
+        warmup_instructions=int(run.warmup_ticks * per_tick),
+        profiled_instructions=int(run.profile_ticks * per_tick),
+        layers=_layers(tflite_path, run, per_tick),
+        arena_used_bytes=run.arena_used,
+        arena_x86_bytes=arena_x86,
+        flash_bytes=flash_total,
+        flash_parts=[FlashPart(name=k, bytes=v) for k, v in sorted(parts.items(), key=lambda kv: -kv[1])],
+        ram_static_bytes=sum(sizes.get(name, 0) for name in fw.RAM_SECTIONS),
+        model_bytes=tflite_path.stat().st_size,
+        agreement_with_host=agreement,
+        bit_exact=bool(np.array_equal(firmware_outputs, host)),
+        max_output_difference=int(np.abs(firmware_outputs.astype(int) - host.astype(int)).max()),
+        accuracy=accuracy,
+        latency=latency_on_clock(mean, device),
+        toolchain=toolchain.description,
+        tflm_tree=str(tree),
+        project=str(project),
+        seconds=round(firmware.seconds + time.perf_counter() - started, 1),
+    )
+
+
+def _layers(tflite_path: Path, run: fw.FirmwareRun, per_tick: float) -> list[DeviceLayer]:
+    """The profiled inference's operators, matched with the graph's (same order)."""
+    _, graph, op_names = read_graph(tflite_path)
+    macs = layer_macs(tflite_path)
+    if [tag for _, tag, _ in run.op_ticks] != op_names:
+        raise fw.CheckFailed(
+            f"the firmware's profile lists {len(run.op_ticks)} operators, the model has {len(op_names)}"
+        )
+    layers = []
+    for (index, tag, ticks), op, compute in zip(run.op_ticks, graph.operators, macs, strict=True):
+        shape = [int(d) for d in graph.tensors[int(op.outputs[0])].shape] if len(op.outputs) else []
+        layers.append(
+            DeviceLayer(
+                index=index,
+                op=tag,
+                output_shape=shape,
+                macs=compute.macs if compute.op_class != "other" else 0,
+                instructions=int(ticks * per_tick),
+            )
+        )
+    return layers
+
+
+def latency_on_clock(instructions: float, device: Device) -> McuLatency | None:
+    """instructions × cycles per instruction ÷ clock, over the profile's CPI range."""
+    cost = device.instruction_cost
+    if cost is None or device.clock_mhz is None:
+        return None
+    low, high = (instructions * cpi / (device.clock_mhz * 1e3) for cpi in cost.cpi)
+    return McuLatency(
+        runtime="tflm-cmsis-nn",
+        ms=(low + high) / 2,
+        low_ms=low,
+        high_ms=high,
+        basis=(
+            f"measured: {instructions / 1e6:,.2f} M instructions × {cost.cpi[0]:g}–{cost.cpi[1]:g} cycles/instruction "
+            f"÷ {device.clock_mhz:g} MHz ({cost.source})"
+        ),
+    )
+
+
+def skipped(target_name: str, reason: str) -> DeviceRun:
+    """The record of a device run that did not happen, and why (`target_name` as asked: auto, none, …)."""
+    target = fw.TARGETS.get(target_name)
+    return DeviceRun(
+        target=target_name,
+        core=target.core if target else "",
+        machine=target.machine if target else "",
+        status="skipped",
+        reason=reason,
+    )

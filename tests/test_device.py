@@ -1,0 +1,276 @@
+"""The device run: the mcu-project firmware built for Cortex-M and run in QEMU, against the host TFLM."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from edgekd import cli
+from edgekd.benchmarks import device, firmware
+from edgekd.benchmarks.profiles import load_device
+from edgekd.exporters import mcu_project, tflite
+from edgekd.exporters.runtimes import MicroRunner
+
+REQUIRED = os.environ.get("EDGEKD_REQUIRE_DEVICE") == "1"  # set by .ci/run: CI must run these, not skip them
+
+
+@pytest.fixture(scope="module")
+def device_setup():
+    """(toolchain, TFLM tree), or a skip naming what is missing (a failure where the device is required)."""
+    try:
+        return firmware.find_toolchain(), firmware.resolve_tflm_tree()
+    except firmware.DeviceSetupError as exc:
+        if REQUIRED:
+            pytest.fail(f"EDGEKD_REQUIRE_DEVICE=1 but {exc}")
+        pytest.skip(str(exc))
+
+
+class SmallNet(torch.nn.Module):
+    """Conv, depthwise conv, residual ADD, pooling and a classifier: the ops a MobileNetV2 uses, in seconds."""
+
+    def __init__(self):
+        super().__init__()
+        from timm.layers import create_conv2d
+
+        self.stem = create_conv2d(1, 8, 3, stride=2, padding="same")
+        self.depthwise = create_conv2d(8, 8, 3, stride=1, padding="same", groups=8)
+        self.pointwise = torch.nn.Conv2d(8, 8, 1)
+        self.classifier = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = x + self.pointwise(torch.relu(self.depthwise(x)))
+        return self.classifier(x.mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("device") / "small.int8.tflite"
+    tflite.convert(SmallNet().eval(), torch.randn(32, 1, 16, 16), path, int8=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def built(small_model, device_setup, tmp_path_factory):
+    toolchain, tree = device_setup
+    micro = MicroRunner(small_model)
+    project = device.project_for(small_model, micro, micro.arena["total"], tmp_path_factory.mktemp("project"))
+    return project, firmware.build_firmware(project, firmware.TARGETS["qemu-m4"], tree, toolchain, log=lambda _: None)
+
+
+# ---------------------------------------------------------------- without a toolchain
+
+
+def test_resolver_method_names():
+    assert mcu_project.resolver_method("CONV_2D") == "AddConv2D"
+    assert mcu_project.resolver_method("DEPTHWISE_CONV_2D") == "AddDepthwiseConv2D"
+    assert mcu_project.resolver_method("FULLY_CONNECTED") == "AddFullyConnected"
+    assert mcu_project.resolver_method("L2_NORMALIZATION") == "AddL2Normalization"
+    assert mcu_project.resolver_method("PADV2") == "AddPadV2"
+
+
+def test_parse_output_reads_results_and_the_profile():
+    text = "\n".join(
+        [
+            "EDGEKD platform qemu-mps2 ticks_per_second 25000000",
+            "EDGEKD arena_used 1000 arena_size 2048 input_bytes 4 output_bytes 2",
+            "EDGEKD warmup 12",
+            "EDGEKD result 0 10 1 -2",
+            "EDGEKD result 1 11 -128 127",
+            "EDGEKD profile 11",
+            '"Event","Tag","Ticks"',
+            "0,CONV_2D,7",
+            "1,FULLY_CONNECTED,3",
+            "EDGEKD done 2",
+        ]
+    )
+    run = firmware.parse_output(text, expected=2)
+    assert run.ticks == [10, 11] and run.arena_used == 1000 and run.arena_size == 2048
+    assert run.outputs.tolist() == [[1, -2], [-128, 127]] and run.outputs.dtype == np.int8
+    assert run.op_ticks == [(0, "CONV_2D", 7), (1, "FULLY_CONNECTED", 3)]
+    assert run.instructions_per_tick == 40
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("EDGEKD error setup: AllocateTensors failed\n", "AllocateTensors failed"),
+        ("EDGEKD platform qemu-mps2 ticks_per_second 25000000\n", "stopped early"),
+    ],
+)
+def test_parse_output_reports_failures(text, message):
+    with pytest.raises(firmware.CheckFailed, match=message):
+        firmware.parse_output(text, expected=1)
+
+
+def test_flash_by_component_reads_the_linker_map(tmp_path):
+    map_file = tmp_path / "firmware.map"
+    map_file.write_text(
+        "Archive member included\n\nLinker script and memory map\n\n"
+        ".text           0x00000040    0x1000\n"
+        " *(.text*)\n"
+        " .text          0x00000040       0x10 build/mps2/startup.o\n"
+        " .text._ZN6tflite16MicroInterpreter6InvokeEv\n"
+        "                0x00000050      0x100 /cache/libtflm.a(micro_interpreter.cc.o)\n"
+        " .text.arm_convolve_s8\n"
+        "                0x00000150       0x80 /cache/libtflm.a(arm_convolve_s8.c.o)\n"
+        " .rodata.g_model_data\n"
+        "                0x000001d0      0x200 build/model_data.o\n"
+        " .text.memcpy   0x000003d0       0x20 /usr/lib/arm-none-eabi/lib/thumb/v7e-m+fp/hard/libc_nano.a(memcpy.o)\n"
+        " *fill*         0x000003f0        0x4 \n"
+        ".bss            0x20000000    0x9000\n"
+        " .bss.g_arena   0x20000000    0x8000 build/edgekd_model.o\n"
+    )
+    assert firmware.flash_by_component(map_file) == {
+        "runner": 0x10,
+        "TensorFlow Lite Micro": 0x100,
+        "CMSIS-NN": 0x80,
+        "model": 0x200,
+        "C/C++ runtime": 0x20,
+    }
+
+
+def test_board_memory_is_checked_before_building():
+    target = firmware.TARGETS["qemu-m4"]
+    with pytest.raises(firmware.DeviceSetupError, match=r"model \(4,096 KiB\).*4 MiB of code memory"):
+        firmware.check_board_memory(4 * 1024 * 1024, 100_000, target)
+    with pytest.raises(firmware.DeviceSetupError, match=r"tensor arena \(4,000 KiB\).*4 MiB of RAM"):
+        firmware.check_board_memory(100_000, 4_000 * 1024, target)
+    firmware.check_board_memory(500_000, 400_000, target)
+
+
+def test_latency_on_the_profile_clock():
+    m4 = load_device("cortex-m4")
+    latency = device.latency_on_clock(64e6, m4)  # 64 M instructions on a 64 MHz core
+    low, high = m4.instruction_cost.cpi
+    assert latency.low_ms == pytest.approx(1000 * low) and latency.high_ms == pytest.approx(1000 * high)
+    assert "64.00 M instructions" in latency.basis and m4.instruction_cost.source in latency.basis
+    assert device.latency_on_clock(1e6, load_device("256k-1m")) is None  # no clock, no latency
+
+
+def run_cli(capsys, *args, env=None):
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in (env or {}).items():
+            patch.setenv(key, value)
+        patch.setattr(sys, "argv", ["edgekd", *map(str, args)])
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main()
+    return exit_info.value.code, capsys.readouterr()
+
+
+def test_no_toolchain_names_the_packages(capsys, tmp_path):
+    (tmp_path / "model.tflite").write_bytes(b"irrelevant: the target is checked first")
+    code, captured = run_cli(
+        capsys, "bench", tmp_path / "model.tflite", "--target", "qemu-m4", env={"PATH": "/nowhere"}
+    )
+    assert code == 2, captured.err
+    assert "gcc-arm-none-eabi" in captured.err and "qemu-system-arm" in captured.err
+    assert len(captured.err.strip().splitlines()) == 1 and "Traceback" not in captured.err
+
+
+def test_target_must_match_the_device_core(capsys, tmp_path, device_setup):
+    (tmp_path / "model.tflite").write_bytes(b"x")
+    code, captured = run_cli(capsys, "bench", tmp_path / "model.tflite", "--target", "qemu-m7", "--device", "cortex-m4")
+    assert code == 2 and "emulates a cortex-m7 but device cortex-m4 is a cortex-m4" in captured.err
+
+
+def test_unknown_tree_is_one_line(capsys, tmp_path):
+    (tmp_path / "model.tflite").write_bytes(b"x")
+    code, captured = run_cli(
+        capsys, "bench", tmp_path / "model.tflite", "--target", "qemu-m4", "--tflm", tmp_path / "no-such-tree"
+    )
+    if "needs" in captured.err:  # no toolchain on this machine: that is reported first
+        pytest.skip("no toolchain")
+    assert code == 2 and "does not exist" in captured.err and len(captured.err.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- with the toolchain and a TFLM tree
+
+
+@pytest.mark.slow
+def test_resolver_rule_matches_the_tree(device_setup):
+    _, tree = device_setup
+    methods = firmware.resolver_methods(tree)
+    assert len(methods) > 80
+    assert {op: mcu_project.resolver_method(op) for op in methods} == methods
+
+
+@pytest.mark.slow
+def test_operator_tflm_lacks_is_named(device_setup, small_model, monkeypatch):
+    _, tree = device_setup
+    known = firmware.resolver_methods(tree)
+    monkeypatch.setattr(firmware, "resolver_methods", lambda _: {k: v for k, v in known.items() if k != "CONV_2D"})
+    with pytest.raises(firmware.DeviceSetupError, match="no kernel for operator CONV_2D"):
+        device.check_operators(small_model, tree)
+
+
+@pytest.mark.slow
+def test_firmware_matches_the_host_bit_for_bit_and_counts_repeat(built, small_model, device_setup):
+    project, fw = built
+    toolchain, _ = device_setup
+    micro = MicroRunner(small_model)
+    rng = np.random.default_rng(1)
+    inputs = rng.integers(-128, 128, size=(6, *micro.input_shape), dtype=np.int8)
+    host = np.stack([micro.invoke(x).reshape(-1) for x in inputs])
+    first = firmware.run_firmware(fw, inputs.reshape(6, -1), toolchain)
+    second = firmware.run_firmware(fw, inputs.reshape(6, -1), toolchain)
+    assert np.array_equal(first.outputs, host), "firmware outputs differ from the host TFLite-Micro"
+    assert first.ticks == second.ticks and first.profile_ticks == second.profile_ticks  # deterministic
+    layers = sum(ticks for _, _, ticks in first.op_ticks)
+    assert abs(layers - first.profile_ticks) <= 0.01 * first.profile_ticks  # the layers sum to the whole
+    assert [tag for _, tag, _ in first.op_ticks] == tflite.read_graph(small_model)[2]
+    assert 0 < first.arena_used <= micro.arena["total"]  # 32-bit pointers: no more than x86-64 needs
+
+
+@pytest.mark.slow
+def test_second_build_compiles_only_the_model(built, small_model, device_setup):
+    project, _ = built
+    toolchain, tree = device_setup
+    (project / "model_data.cc").write_text((project / "model_data.cc").read_text())  # re-exported: newer
+    rebuilt = firmware.build_firmware(project, firmware.TARGETS["qemu-m4"], tree, toolchain, log=lambda _: None)
+    assert [source.rsplit("/", 1)[-1] for source in rebuilt.compiled] == ["model_data.cc"]
+    assert not rebuilt.library_built
+
+
+@pytest.mark.slow
+def test_the_project_builds_with_make_alone(built, device_setup):
+    """What a user does with the exported folder: make, then make run, without edgekd."""
+    project, fw = built
+    toolchain, tree = device_setup
+    lib = firmware.library_dir(project, tree, firmware.TARGETS["qemu-m4"], toolchain)
+    result = subprocess.run(
+        ["make", "-s", "-C", str(project), f"TFLM_TREE={tree}", f"LIB_DIR={lib}", "BUILD=build/by-hand", "run"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-500:]
+    assert "EDGEKD done 2" in result.stdout  # no input file: the two built-in inputs
+
+
+@pytest.mark.slow
+def test_measure_reports_the_device_figures(small_model, device_setup, tmp_path):
+    run = device.measure(
+        small_model,
+        "qemu-m4",
+        load_device("cortex-m4"),
+        project=None,
+        build_root=tmp_path,
+        images=np.random.default_rng(0).standard_normal((8, 1, 16, 16)).astype(np.float32),
+        labels=np.zeros(8, dtype=int),
+        count=8,
+        tree_spec=None,
+        log=lambda _: None,
+    )
+    assert run.status == "measured" and run.images == 8 and run.bit_exact and run.agreement_with_host == 1.0
+    assert run.instructions_min <= run.instructions_mean <= run.instructions_max
+    assert run.instructions_max - run.instructions_min <= 0.01 * run.instructions_mean
+    assert [layer.op for layer in run.layers] == tflite.read_graph(small_model)[2]
+    assert sum(part.bytes for part in run.flash_parts) == run.flash_bytes
+    parts = {part.name: part.bytes for part in run.flash_parts}
+    assert parts["model"] >= small_model.stat().st_size and parts["TensorFlow Lite Micro"] > 10_000
+    assert run.latency is not None and run.latency.low_ms < run.latency.high_ms
