@@ -1,22 +1,35 @@
-# `make demo` and `make test` set everything up on a fresh machine (a virtualenv in .venv) first.
+# `make demo` and `make test` set everything up on a fresh machine (a virtualenv in .venv, and as root
+# on Debian/Ubuntu the Arm toolchain and QEMU for the device run) first.
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.edgekd-installed
+APT_PACKAGES := gcc-arm-none-eabi libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib qemu-system-arm
+# A TensorFlow Lite Micro tree beside the checkout (where our machines keep one), unless EDGEKD_TFLM names one.
+export EDGEKD_TFLM ?= $(abspath $(firstword $(wildcard ../shared/third_party/tflm/tree)))
 
-.PHONY: demo readme test fast-test lint clean
+.PHONY: demo readme test fast-test lint toolchain clean
 
-demo: $(INSTALLED)  ## distil, export and benchmark the bundled quickstart recipe into runs/quickstart
+demo: $(INSTALLED) toolchain  ## distil, export and benchmark the bundled quickstart recipe into runs/quickstart
 	$(BIN)/edgekd run recipes/quickstart.yaml --overwrite
 
 readme: demo  ## regenerate the README's report excerpt from runs/quickstart
 	$(BIN)/python benchmarks/suite/readme_excerpt.py runs/quickstart
 
-test: $(INSTALLED)  ## the whole suite, slow end-to-end tests included (what CI runs)
+test: $(INSTALLED) toolchain  ## the whole suite, slow end-to-end tests included (what CI runs)
 	$(BIN)/python -m pytest
 
 fast-test: $(INSTALLED)
 	$(BIN)/python -m pytest -m "not slow"
+
+toolchain:  ## the Arm GNU toolchain and QEMU for the device run: installed with apt-get when root, else a note
+	@if command -v arm-none-eabi-gcc >/dev/null && command -v qemu-system-arm >/dev/null; then \
+	  echo "toolchain: present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(APT_PACKAGES); \
+	else \
+	  echo "toolchain: missing; the device run is skipped until you install $(APT_PACKAGES) (see README)"; \
+	fi
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check edgekd exporters benchmarks tests
