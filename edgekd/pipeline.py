@@ -7,13 +7,13 @@ metrics.csv, summary.json and checkpoints/ (the last epoch of each stage, for --
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from torch import nn
@@ -24,8 +24,9 @@ from edgekd.methods import Plain, build_method
 from edgekd.methods.codistill import CoDistillation
 from edgekd.methods.ensemble import TeacherEnsemble
 from edgekd.methods.mythical import correct_excluded_bias
-from edgekd.models import check_model_name, count_macs, count_parameters, create_model, load_weights
+from edgekd.models import check_model_name, count_macs, count_parameters, create_model, load_weights, probe_model
 from edgekd.recipe import Recipe
+from edgekd.rundir import RunDir
 from edgekd.train import MetricsLog, Runtime, StageResult, atomic_save, evaluate, train_stage
 
 WEIGHTS_FORMAT = "edgekd.weights/1"
@@ -36,37 +37,32 @@ def default_run_dir(recipe: Recipe) -> Path:
     return recipe.output_dir / recipe.name
 
 
-def prepare_run_dir(run_dir: Path, recipe: Recipe, *, resume: bool, overwrite: bool) -> None:
-    """Refuse to clobber a finished or foreign folder unless told to; check we can write there."""
-    recipe_file = run_dir / "recipe.yaml"
-    if recipe_file.is_file():
+def prepare_run_dir(run: RunDir, recipe: Recipe, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to touch a folder edgekd did not make, or a finished run unless told to; then clean what a
+    killed process left and mark the folder as a run. Called with the run directory locked."""
+    if run.is_run:
         if overwrite:
-            shutil.rmtree(run_dir)
+            run.clear()
         elif resume:
-            saved = yaml.safe_load(recipe_file.read_text())
-            current = recipe.model_dump(mode="json")
-            changed = sorted(_changed_keys(saved, current))
+            saved = yaml.safe_load(run.recipe.read_text()) if run.recipe.is_file() else None
+            changed = sorted(_changed_keys(saved, recipe.model_dump(mode="json"))) if saved is not None else []
             if changed:
                 raise RunDirError(
-                    f"{run_dir} was run with a different recipe (changed: {', '.join(changed)}); "
+                    f"{run.path} was run with a different recipe (changed: {', '.join(changed)}); "
                     "resume with the same recipe, or use --overwrite or --out"
                 )
         else:
             raise RunDirError(
-                f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to "
+                f"{run.path} already holds a run; pass --resume to continue it, --overwrite to "
                 "replace it, or --out DIR to write elsewhere"
             )
-    elif run_dir.is_dir() and any(run_dir.iterdir()):
-        raise RunDirError(f"{run_dir} is a non-empty folder that is not an edgekd run; choose another with --out")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
+    elif run.has_content():
         raise RunDirError(
-            f"cannot write to run directory {run_dir} ({exc.strerror}); choose another with --out"
-        ) from None
+            f"{run.path} is a non-empty folder that edgekd did not make; it is never resumed or overwritten: "
+            "choose another with --out"
+        )
+    run.remove_temporary()
+    run.create()
 
 
 def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -125,9 +121,36 @@ def distill(
     runtime = Runtime.from_recipe(recipe.device, recipe.channels_last, recipe.amp)
     data = load_data(recipe.data, recipe.seed)
     transfer = transfer_set(data, recipe.data, recipe.seed)  # the teachers learn from all of `data`
-    prepare_run_dir(run_dir, recipe, resume=resume, overwrite=overwrite)
-    atomic_save(recipe.to_yaml(), run_dir / "recipe.yaml")
-    metrics = MetricsLog(run_dir / "metrics.csv")
+    for model_config in [*recipe.teachers, recipe.student]:  # kwargs and checkpoints, before any file exists
+        model = create_model(
+            model_config.model,
+            num_classes=data.num_classes,
+            in_chans=data.in_chans,
+            pretrained=model_config.pretrained,
+            checkpoint=model_config.checkpoint,
+            kwargs=model_config.kwargs,
+        )
+        probe_model(model, model_config.model, model_config.kwargs, data.in_chans, data.image_size)
+    run = RunDir(run_dir)
+    with run.locked():
+        prepare_run_dir(run, recipe, resume=resume, overwrite=overwrite)
+        return _distill(recipe, run, data, transfer, runtime, resume=resume, console=console, started=started)
+
+
+def _distill(
+    recipe: Recipe,
+    run: RunDir,
+    data: DataBundle,
+    transfer: DataBundle,
+    runtime: Runtime,
+    *,
+    resume: bool,
+    console: Console,
+    started: float,
+) -> dict[str, Any]:
+    run_dir = run.path
+    atomic_save(recipe.to_yaml(), run.recipe)
+    metrics = MetricsLog(run.metrics)
     console.print(
         f"[bold]{recipe.name}[/bold]: {recipe.data.dataset} {data.image_size}×{data.image_size}×{data.in_chans}, "
         f"{data.num_classes} classes, {len(data.train)} train / {len(data.val)} val / {len(data.test)} test "
@@ -278,11 +301,23 @@ def distill(
 
 
 def summary_table(summary: dict[str, Any]) -> Table:
+    # Fits an 80-column terminal: light borders, and only the model name may wrap.
     table = Table(
-        title=f"{summary['recipe']}: {summary['method']} on {summary['dataset']} ({summary['test_images']} test images)"
+        title=f"{summary['recipe']}: {summary['method']} on {summary['dataset']} "
+        f"({summary['test_images']} test images)",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+        show_edge=False,
     )
     for column in ("", "model", "params", "MACs", "test acc", "val acc", "epochs", "time"):
-        table.add_column(column, justify="left" if column in ("", "model") else "right", no_wrap=True)
+        table.add_column(
+            column,
+            justify="left" if column in ("", "model") else "right",
+            no_wrap=column != "model",
+            overflow="fold",
+            min_width=16 if column == "model" else None,
+        )
     for name in STAGES:
         if name not in summary:
             continue

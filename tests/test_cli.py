@@ -67,6 +67,7 @@ def test_unwritable_output_dir(capsys, tmp_path, tiny_recipe, write_recipe):
 def test_existing_run_is_not_overwritten(capsys, tmp_path, tiny_recipe, write_recipe):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
+    (run_dir / ".edgekd-run").write_text("{}")  # what edgekd marks its run directories with
     (run_dir / "recipe.yaml").write_text("name: earlier\n")
     (run_dir / "student.pt").write_text("precious")
     code, _, err = run_cli(capsys, "distill", write_recipe(tiny_recipe), "--out", run_dir)
@@ -78,8 +79,65 @@ def test_existing_run_is_not_overwritten(capsys, tmp_path, tiny_recipe, write_re
     foreign.mkdir()
     (foreign / "holiday.jpg").write_text("")
     code, _, err = run_cli(capsys, "distill", write_recipe(tiny_recipe), "--out", foreign, "--overwrite")
-    assert_one_line_error(code, err, "not an edgekd run")
+    assert_one_line_error(code, err, "edgekd did not make")
     assert (foreign / "holiday.jpg").exists()
+
+
+def test_overwrite_replaces_only_what_edgekd_wrote(tmp_path):
+    from edgekd.rundir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    run.create()
+    for name in ("recipe.yaml", "student.pt", "teacher_0.pt", "report.md", "memory.png", ".student.pt.x1y2.tmp"):
+        (run.path / name).write_text("edgekd's")
+    (run.artefacts / "mcu-project").mkdir(parents=True)
+    (run.path / "notes.txt").write_text("mine")
+    (run.path / "data").mkdir()
+    (run.path / "data" / "train.csv").write_text("mine")
+    run.clear()
+    assert sorted(p.name for p in run.path.iterdir()) == ["data", "notes.txt"]
+    assert (run.path / "data" / "train.csv").read_text() == "mine"
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_run(tmp_path):
+    import subprocess
+
+    from edgekd.errors import RunDirError
+    from edgekd.rundir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from edgekd.rundir import RunDir\n"
+            f"with RunDir({str(run.path)!r}).locked():\n    print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunDirError, match=f"is in use by edgekd pid {holder.pid} on"):
+            with run.locked():
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with run.locked():  # the holder died: its lock went with it
+        with run.locked():  # and one process may nest
+            pass
+
+
+def test_resume_cleans_what_a_killed_write_left(tmp_path):
+    from edgekd.rundir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    run.create()
+    run.checkpoints.mkdir()
+    (run.path / ".teacher.pt.abc123.tmp").write_bytes(b"half")
+    (run.checkpoints / ".student.last.pt.def456.tmp").write_bytes(b"half")
+    assert run.remove_temporary() == 2 and not list(run.path.rglob("*.tmp"))
 
 
 def test_bad_set_override(capsys, tiny_recipe, write_recipe):
@@ -191,3 +249,42 @@ def test_students_learn_from_the_transfer_fraction_only(capsys, tmp_path, tiny_r
     assert f"the students learn from {images['students']:,} of {images['teacher']:,} training images" in " ".join(
         out.split()
     )
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_run_like_ctrl_c_and_it_resumes(tmp_path, tiny_recipe, write_recipe):
+    import signal
+
+    recipe_path, run_dir = write_recipe(tiny_recipe), tmp_path / "run"
+    command = [sys.executable, "-m", "edgekd.cli", "distill", str(recipe_path), "--out", str(run_dir)]
+    process = subprocess.Popen([*command, "--set", "distill.epochs=4"], stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in process.stderr:  # once epoch 1's checkpoint is surely written, stop the run as systemd would
+        seen.append(line)
+        if line.strip().startswith("student   2/4"):
+            process.send_signal(signal.SIGTERM)
+            break
+    rest = process.stderr.read()
+    assert process.wait(timeout=120) == 143, "".join(seen) + rest
+    assert "terminated (SIGTERM); `--resume` continues" in rest and "Traceback" not in rest
+    assert (run_dir / "checkpoints" / "student.last.pt").is_file()
+    resumed = subprocess.run([*command, "--set", "distill.epochs=4", "--resume"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "student: resuming after epoch" in resumed.stderr and (run_dir / "summary.json").is_file()
+    assert not list(run_dir.rglob("*.tmp")) and not (run_dir / ".edgekd-lock").read_text()
+
+
+def test_the_summary_table_fits_80_columns():
+    from rich.console import Console
+
+    from edgekd.pipeline import summary_table
+
+    row = {"model": "mobilenetv2_tiny", "parameters": 310_000, "macs": 1_000_000, "accuracy": 0.962,
+           "val_accuracy": 0.97, "epochs": 15, "seconds": 143.0}  # fmt: skip
+    summary = {"recipe": "quickstart", "method": "kd", "dataset": "mnist5k", "test_images": 1000, "kd_gain": 0.001,
+               "teacher": {**row, "model": "arithmetic ensemble of resnet18 + resnet50", "seconds": 12345.0},
+               "baseline": row, "student": row}  # fmt: skip
+    console = Console(width=80, record=True)
+    console.print(summary_table(summary))
+    lines = console.export_text().splitlines()
+    assert max(len(line) for line in lines) <= 80 and "time" in lines[1] and "12345 s" in "\n".join(lines)
