@@ -4,6 +4,7 @@ the int8 TFLite model against the device's budget. Writes report.json, report.md
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -20,7 +21,6 @@ from edgekd.benchmarks.memory import analyse
 from edgekd.benchmarks.profiles import Budget, Device
 from edgekd.benchmarks.report import (
     Artefact,
-    Constraint,
     DeviceRun,
     HostLatency,
     McuLatency,
@@ -36,8 +36,10 @@ from edgekd.benchmarks.report import (
 )
 from edgekd.benchmarks.report import Device as DeviceRecord
 from edgekd.benchmarks.results import machine_line
+from edgekd.checks import Check, check, holds
 from edgekd.errors import CheckFailed, EdgeKDError
 from edgekd.exporters.runtimes import ArtefactError, measure_arena, runner_for
+from edgekd.rundir import RunDir
 
 RUNTIMES = {
     "onnx": ["onnxruntime"],
@@ -157,25 +159,22 @@ def _sram(path: Path, int8: bool) -> tuple[Sram, int]:
     ), profile.file_bytes
 
 
-def _constraint(name: str, value: float, limit: float, unit: str, basis: str, bound: str = "max") -> Constraint:
-    """A value equal to its limit passes."""
-    margin = limit - value if bound == "max" else value - limit
-    return Constraint(
-        name=name, value=value, limit=limit, unit=unit, bound=bound, margin=margin, passed=margin >= 0, basis=basis
-    )
+def verdict(
+    artefact: Artefact, budget: Budget, export_checks: list[Check] | None = None, test_images: int | None = None
+) -> Verdict:
+    """The device artefact against the budget, and every verification of the export.
 
-
-def verdict(artefact: Artefact, budget: Budget) -> Verdict:
-    """The arena must fit SRAM, the firmware (or, without a device run, the model) flash, and the slow end
-    of the latency the latency budget (when one is given). Figures measured on the target come first:
-    the device run's arena, firmware size and instruction count; the x86 arena and the MAC-based
-    estimate only when there was no device run, and the basis says so."""
+    Budget: the arena must fit SRAM, the firmware (or, without a device run, the model) flash, the slow
+    end of the latency the latency budget and the accuracy the accuracy floor (each when given).
+    Measured figures come first: the device run's arena, firmware size and instruction count; the x86
+    arena and the MAC-based estimate only when there was no device run, and the basis says so.
+    Checks: every check of export.json, and the firmware's outputs against the host's."""
     constraints = []
     measured = artefact.device if artefact.device is not None and artefact.device.status == "measured" else None
     sram = artefact.sram
     if measured is not None:
         constraints.append(
-            _constraint(
+            check(
                 "SRAM",
                 measured.arena_used_bytes,
                 budget.sram_bytes,
@@ -186,7 +185,7 @@ def verdict(artefact: Artefact, budget: Budget) -> Verdict:
     elif sram is not None:
         x86 = sram.arena_total_bytes is not None
         constraints.append(
-            _constraint(
+            check(
                 "SRAM",
                 sram.arena_total_bytes if x86 else sram.static_peak_bytes,
                 budget.sram_bytes,
@@ -198,7 +197,7 @@ def verdict(artefact: Artefact, budget: Budget) -> Verdict:
         )
     if measured is not None:
         constraints.append(
-            _constraint(
+            check(
                 "flash",
                 measured.flash_bytes,
                 budget.flash_bytes,
@@ -208,14 +207,46 @@ def verdict(artefact: Artefact, budget: Budget) -> Verdict:
         )
     elif artefact.flash_bytes is not None:
         constraints.append(
-            _constraint(
-                "flash", artefact.flash_bytes, budget.flash_bytes, "bytes", "model flatbuffer only (no device run)"
-            )
+            check("flash", artefact.flash_bytes, budget.flash_bytes, "bytes", "model flatbuffer only (no device run)")
         )
+    if budget.latency_ms is not None:
+        if measured is not None and measured.latency is not None:
+            latency = measured.latency
+            constraints.append(
+                check("latency", latency.high_ms, budget.latency_ms, "ms", "slow end of " + latency.basis)
+            )
+        elif artefact.mcu_latency:
+            estimate = next(
+                (m for m in artefact.mcu_latency if m.runtime == MCU_RUNTIME_FOR_VERDICT), artefact.mcu_latency[0]
+            )
+            constraints.append(
+                check(
+                    "latency", estimate.high_ms, budget.latency_ms, "ms", f"slow end of the {estimate.runtime} estimate"
+                )
+            )
+        else:
+            constraints.append(check("latency", float("inf"), budget.latency_ms, "ms", "no latency figure: no clock"))
+    if budget.accuracy is not None:
+        micro = artefact.accuracy.get("tflite-micro")
+        if micro is not None:
+            basis = f"{artefact.format} in TFLite Micro on {test_images} test images (bit-identical to the device)"
+            constraints.append(check("accuracy", micro, budget.accuracy, "fraction", basis, bound="min"))
+        else:
+            constraints.append(
+                check(
+                    "accuracy",
+                    0.0,
+                    budget.accuracy,
+                    "fraction",
+                    "not measured: a lone artefact has no test split",
+                    bound="min",
+                )
+            )
+    checks = list(export_checks or [])
     if measured is not None:
-        constraints.append(
-            _constraint(
-                "device outputs",
+        checks.append(
+            check(
+                f"{artefact.format}: device outputs ({measured.target})",
                 measured.agreement_with_host,
                 1.0,
                 "fraction",
@@ -224,27 +255,21 @@ def verdict(artefact: Artefact, budget: Budget) -> Verdict:
                 bound="min",
             )
         )
-    if budget.latency_ms is not None:
-        if measured is not None and measured.latency is not None:
-            constraints.append(
-                _constraint(
-                    "latency",
-                    measured.latency.high_ms,
-                    budget.latency_ms,
-                    "ms",
-                    "slow end of " + measured.latency.basis,
-                )
-            )
-        elif artefact.mcu_latency:
-            estimate = next(
-                (m for m in artefact.mcu_latency if m.runtime == MCU_RUNTIME_FOR_VERDICT), artefact.mcu_latency[0]
-            )
-            constraints.append(
-                _constraint(
-                    "latency", estimate.high_ms, budget.latency_ms, "ms", f"slow end of the {estimate.runtime} estimate"
-                )
-            )
-    return Verdict(artefact=artefact.format, passed=all(c.passed for c in constraints), constraints=constraints)
+    passed = all(c.passed for c in [*constraints, *checks])
+    return Verdict(artefact=artefact.format, passed=passed, constraints=constraints, checks=checks)
+
+
+def export_checks(exported: dict) -> list[Check]:
+    """Every check of an export.json, named by its artefact. Files from before checks carried numbers
+    count 1 for a pass and 0 for a failure."""
+    found = []
+    for fmt, entry in exported.get("artefacts", {}).items():
+        for item in entry.get("checks", []):
+            if "value" in item:
+                found.append(Check.model_validate({**item, "name": f"{fmt}: {item['name']}"}))
+            else:
+                found.append(holds(f"{fmt}: {item['name']}", item["passed"], item.get("detail", "")))
+    return found
 
 
 def bench(
@@ -263,6 +288,29 @@ def bench(
     console = console or Console(stderr=True)
     source = Path(source)
     run_target, skip_reason = resolve_target(target, device, tflm)
+    # A run directory gets the report and the firmware build: one writer at a time.
+    lock = RunDir(source).locked() if source.is_dir() and RunDir(source).is_run else contextlib.nullcontext()
+    with lock:
+        return _bench(
+            source, device, budget, latency_seconds, out_dir, strict, console, target, run_target, skip_reason,
+            device_images, tflm,
+        )  # fmt: skip
+
+
+def _bench(
+    source: Path,
+    device: Device,
+    budget: Budget,
+    latency_seconds: float,
+    out_dir: Path | None,
+    strict: bool,
+    console: Console,
+    target: str,
+    run_target: str | None,
+    skip_reason: str | None,
+    device_images: int,
+    tflm: str | None,
+) -> Report:
     artefacts, exported, summary, test = _collect(source, max(WINDOWS, device_images))
     images, labels = test if test is not None else (None, None)
     out = out_dir or (source if source.is_dir() else source.parent / f"{source.stem}-report")
@@ -319,7 +367,7 @@ def bench(
         student_accuracy=exported.get("student", {}).get("accuracy"),
         test_images=exported.get("test_images"),
         artefacts=records,
-        verdict=verdict(target, budget) if target else None,
+        verdict=verdict(target, budget, export_checks(exported), exported.get("test_images")) if target else None,
     )
 
     out.mkdir(parents=True, exist_ok=True)
@@ -333,10 +381,8 @@ def bench(
     (out / "report.json").write_text(report.model_dump_json(indent=2) + "\n")
     (out / "report.md").write_text(markdown(report))
     if strict and report.verdict is not None and not report.verdict.passed:
-        failed = [f"{c.name} {c.value:,.0f} > {c.limit:,.0f}" for c in report.verdict.constraints if not c.passed]
-        raise CheckFailed(
-            f"{report.verdict.artefact} does not fit {device.name}: {'; '.join(failed)} (see {out / 'report.md'})"
-        )
+        failed = "; ".join(c.name for c in report.verdict.failed)
+        raise CheckFailed(f"{report.verdict.artefact} on {device.name} fails: {failed} (see {out / 'report.md'})")
     return report
 
 

@@ -64,6 +64,7 @@ class Budget(BaseModel):
     sram_bytes: int
     flash_bytes: int
     latency_ms: float | None = None
+    accuracy: float | None = Field(None, description="the lowest test accuracy the device model may have")
 
 
 def bundled_devices() -> dict[str, Path]:
@@ -90,10 +91,15 @@ def load_device(name_or_path: str) -> Device:
     except ValidationError as exc:
         error = exc.errors()[0]
         raise DeviceError(f"device profile {path}: '{'.'.join(map(str, error['loc']))}': {error['msg']}") from None
+    except UnicodeDecodeError:
+        raise DeviceError(f"device profile {path} is not a text file; a profile is YAML (UTF-8)") from None
+    except OSError as exc:
+        raise DeviceError(f"device profile {path}: cannot read it ({exc.strerror})") from None
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmM]i?[bB]?|[bB])?\s*$")
 _TIME = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s)?\s*$")
+_FRACTION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%)?\s*$")
 
 
 def parse_size(text: str) -> int:
@@ -106,14 +112,24 @@ def parse_size(text: str) -> int:
 
 
 def parse_budget(text: str | None, device: Device) -> Budget:
-    """`sram=256k,flash=1M,latency=50ms`; what is not given comes from the device."""
+    """`sram=256k,flash=1M,latency=50ms,accuracy=95%`; what is not given comes from the device (SRAM,
+    flash) or is not checked (latency, accuracy)."""
     budget = {"sram_bytes": device.sram_bytes, "flash_bytes": device.flash_bytes, "latency_ms": None}
     for part in [p for p in (text or "").split(",") if p.strip()]:
         key, sep, value = part.partition("=")
         key = key.strip().lower()
-        if not sep or key not in ("sram", "flash", "latency"):
-            raise DeviceError(f"budget '{part}' does not parse; write e.g. sram=256k,flash=1M,latency=100ms")
-        if key == "latency":
+        if not sep or key not in ("sram", "flash", "latency", "accuracy"):
+            raise DeviceError(
+                f"budget '{part}' does not parse; write e.g. sram=256k,flash=1M,latency=100ms,accuracy=95%"
+            )
+        if key == "accuracy":
+            match = _FRACTION.match(value)
+            number = float(match.group(1)) if match else -1.0
+            fraction = number / 100 if match and (match.group(2) or number > 1) else number  # 95% or 95 or 0.95
+            if not 0 < fraction <= 1:
+                raise DeviceError(f"accuracy budget '{value}' does not parse; write e.g. 95% or 0.95")
+            budget["accuracy"] = fraction
+        elif key == "latency":
             match = _TIME.match(value)
             if not match:
                 raise DeviceError(f"latency budget '{value}' does not parse; write e.g. 100ms or 0.5s")

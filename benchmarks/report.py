@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from edgekd.checks import Check
+
 SCHEMA_VERSION = 2
 
 
@@ -40,17 +42,6 @@ class Sram(BaseModel):
     io_bytes: int = Field(description="input + output tensors (inside the arena)")
     peak_layer: PeakLayer
     layer_live_bytes: list[int]
-
-
-class Constraint(BaseModel):
-    name: str
-    value: float
-    limit: float
-    unit: str
-    bound: Literal["max", "min"] = Field("max", description="max: value must not exceed limit; min: not fall below")
-    margin: float = Field(description="how far inside the limit the value is: negative when it fails")
-    passed: bool
-    basis: str
 
 
 class DeviceLayer(BaseModel):
@@ -124,9 +115,16 @@ class Device(BaseModel):
 
 
 class Verdict(BaseModel):
-    artefact: str
-    passed: bool
-    constraints: list[Constraint]
+    artefact: str = Field(description="the artefact that goes on the device")
+    passed: bool = Field(description="every budget constraint and every check held")
+    constraints: list[Check] = Field(description="the device artefact against the budget")
+    checks: list[Check] = Field(
+        default_factory=list, description="every export verification and the device run's output check"
+    )
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in [*self.constraints, *self.checks] if not c.passed]
 
 
 class Report(BaseModel):
@@ -166,7 +164,26 @@ def format_value(unit: str, value: float | None) -> str:
         return f"{value:,.2f} ms"
     if unit == "fraction":
         return f"{value:.2%}"
+    if unit in ("count", "number"):
+        return f"{value:,.0f}"
     return f"{value:,g}"
+
+
+def _check_text(c: Check) -> str:
+    if c.unit == "check":
+        return c.basis
+    relation = "≥" if c.bound == "min" else "≤"
+    return f"{format_value(c.unit, c.value)}, need {relation} {format_value(c.unit, c.limit)} ({c.basis})"
+
+
+def _check_table(kind: str, checks: list[Check]) -> list[str]:
+    lines = [f"| {kind} | value | limit | margin | result | basis |", "| --- | ---: | ---: | ---: | --- | --- |"]
+    for c in checks:
+        limit = ("≥ " if c.bound == "min" else "≤ ") + format_value(c.unit, c.limit) if c.unit != "check" else "–"
+        value = ("holds" if c.passed else "does not hold") if c.unit == "check" else format_value(c.unit, c.value)
+        margin = "–" if c.unit == "check" else format_value(c.unit, c.margin)
+        lines.append(f"| {c.name} | {value} | {limit} | {margin} | {'pass' if c.passed else '**FAIL**'} | {c.basis} |")
+    return [*lines, ""]
 
 
 def markdown(report: Report) -> str:
@@ -180,20 +197,18 @@ def markdown(report: Report) -> str:
         "",
     ]
     if report.verdict:
-        verdict = "PASS" if report.verdict.passed else "FAIL"
-        lines += [
-            f"## Verdict: {verdict} ({report.verdict.artefact})",
-            "",
-            "| constraint | value | limit | margin | result | basis |",
-            "| --- | ---: | ---: | ---: | --- | --- |",
-        ]
-        for c in report.verdict.constraints:
-            limit = ("≥ " if c.bound == "min" else "") + format_value(c.unit, c.limit)
-            lines.append(
-                f"| {c.name} | {format_value(c.unit, c.value)} | {limit} | {format_value(c.unit, c.margin)} | "
-                f"{'pass' if c.passed else '**FAIL**'} | {c.basis} |"
-            )
-        lines.append("")
+        verdict = report.verdict
+        lines += [f"## Verdict: {'PASS' if verdict.passed else 'FAIL'} ({verdict.artefact})", ""]
+        if verdict.failed:
+            lines += ["**Failed:**", ""]
+            lines += [f"- {c.name}: {_check_text(c)}" for c in verdict.failed]
+            lines.append("")
+        lines += _check_table("constraint", verdict.constraints)
+        if verdict.checks:
+            passed = sum(c.passed for c in verdict.checks)
+            lines += [f"Verification: {passed} of {len(verdict.checks)} checks hold.", ""]
+            lines += ["<details><summary>Every check</summary>", "", *_check_table("check", verdict.checks)]
+            lines += ["</details>", ""]
     if report.training:
         t = report.training
         lines += ["## Training", "", "| stage | model | test accuracy |", "| --- | --- | ---: |"]

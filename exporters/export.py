@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +17,15 @@ import torch
 import yaml
 from rich.console import Console
 
+from edgekd.checks import Check, check, holds
 from edgekd.data import load_data
 from edgekd.errors import CheckFailed, DataError, EdgeKDError, ModelError
 from edgekd.exporters import c_array, mcu_project, onnx, tflite
 from edgekd.exporters.runtimes import LiteRTRunner, MicroRunner, OnnxRunner, Runner
 from edgekd.models import create_model
 from edgekd.recipe import FORMATS, ExportConfig, Recipe, parse_recipe
+from edgekd.rundir import RunDir
+from edgekd.train import atomic_save
 
 FILES = {
     "onnx": "student.onnx",
@@ -49,8 +53,8 @@ def _with_prerequisites(formats: list[str]) -> list[str]:
 
 def load_run(run_dir: Path) -> tuple[Recipe, torch.nn.Module, dict]:
     """The run's resolved recipe and its student (eval mode) with the weights file's metadata."""
-    run_dir = Path(run_dir)
-    recipe_path, weights_path = run_dir / "recipe.yaml", run_dir / "student.pt"
+    run = RunDir(run_dir)
+    recipe_path, weights_path = run.recipe, run.weights("student")
     if not recipe_path.is_file():
         raise EdgeKDError(
             f"{run_dir} is not an edgekd run directory (no recipe.yaml); give the folder `edgekd distill` wrote"
@@ -59,7 +63,9 @@ def load_run(run_dir: Path) -> tuple[Recipe, torch.nn.Module, dict]:
         raise ModelError(f"{weights_path} is missing; finish the run first (`edgekd distill ... --resume`)")
     recipe = parse_recipe(yaml.safe_load(recipe_path.read_text()), source=str(recipe_path))
     try:
-        metadata = torch.load(weights_path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's pickle-protocol warning would print above the one-line error
+            warnings.simplefilter("ignore")
+            metadata = torch.load(weights_path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - torch raises many kinds for a corrupt file
         metadata = None
     if not isinstance(metadata, dict) or "state_dict" not in metadata or "num_classes" not in metadata:
@@ -87,13 +93,23 @@ def compare(runner: Runner, images: np.ndarray, labels: np.ndarray, reference: n
     }
 
 
-def _check(name: str, passed: bool, detail: str) -> dict[str, Any]:
-    return {"name": name, "passed": bool(passed), "detail": detail}
+def _shown(c: Check) -> str:
+    from edgekd.benchmarks.report import format_value
+
+    if c.unit == "check":
+        return c.basis
+    relation = "≥" if c.bound == "min" else "≤"
+    return f"{format_value(c.unit, c.value)} (need {relation} {format_value(c.unit, c.limit)}): {c.basis}"
 
 
 def export_run(run_dir: Path, formats: list[str] | None = None, console: Console | None = None) -> dict[str, Any]:
-    console = console or Console(stderr=True)
-    run_dir = Path(run_dir)
+    """Write and verify the artefacts; returns export.json's content, whose `passed` says whether every
+    check held (a failed check is reported, not raised: the artefacts and the findings are kept)."""
+    with RunDir(run_dir).locked():
+        return _export(Path(run_dir), formats, console or Console(stderr=True))
+
+
+def _export(run_dir: Path, formats: list[str] | None, console: Console) -> dict[str, Any]:
     recipe, model, metadata = load_run(run_dir)
     settings: ExportConfig = recipe.export
     formats = _with_prerequisites(formats or list(settings.formats))
@@ -113,7 +129,7 @@ def export_run(run_dir: Path, formats: list[str] | None = None, console: Console
     images = test_images.numpy()
     student_accuracy = float((reference.argmax(1) == test_labels).mean())
 
-    out = run_dir / "artefacts"
+    out = RunDir(run_dir).artefacts
     out.mkdir(exist_ok=True)
     log = out / "convert.log"
     log.write_text("")
@@ -142,19 +158,23 @@ def export_run(run_dir: Path, formats: list[str] | None = None, console: Console
             result = compare(runner, images, test_labels, reference)
             results[runner.name] = result
             checks.append(
-                _check(
+                check(
                     f"agreement ({runner.name})",
-                    result["agreement"] >= threshold - 1e-9,
-                    f"{result['agreement']:.2%} of top-1 predictions match PyTorch (need ≥ {threshold:.1%})",
+                    result["agreement"],
+                    threshold,
+                    "fraction",
+                    f"top-1 predictions equal to PyTorch's on {len(images)} test images",
+                    bound="min",
                 )
             )
             if int8:
-                drop = student_accuracy - result["accuracy"]
                 checks.append(
-                    _check(
+                    check(
                         f"accuracy drop ({runner.name})",
-                        drop <= settings.max_int8_accuracy_drop + 1e-9,
-                        f"{drop * 100:+.2f} points vs PyTorch (allowed {settings.max_int8_accuracy_drop * 100:.1f})",
+                        student_accuracy - result["accuracy"],
+                        settings.max_int8_accuracy_drop,
+                        "fraction",
+                        f"PyTorch student {student_accuracy:.2%} → {result['accuracy']:.2%} in {runner.name}",
                     )
                 )
         return {"results": results, "checks": checks}
@@ -172,17 +192,19 @@ def export_run(run_dir: Path, formats: list[str] | None = None, console: Console
             entry["info"] = onnx.export_fp32(model, test_images, path, log)
             entry.update(verify(fmt, [OnnxRunner(path)], int8=False))
             entry["checks"].append(
-                _check("opset", entry["info"]["opset"] >= onnx.OPSET, f"opset {entry['info']['opset']}")
+                check("opset", entry["info"]["opset"], onnx.OPSET, "number", "ONNX opset of the graph", bound="min")
             )
             entry["checks"].append(
-                _check("single file", not path.with_suffix(".onnx.data").exists(), "weights inside the .onnx")
+                holds("single file", not path.with_suffix(".onnx.data").exists(), "weights inside the .onnx")
             )
         elif fmt == "onnx-int8":
             entry["info"] = onnx.quantize_int8(out / FILES["onnx"], calibration.numpy(), path)
             entry.update(verify(fmt, [OnnxRunner(path)], int8=True))
             offenders = onnx.float_compute_nodes(path)
             entry["checks"].append(
-                _check("int8 compute", not offenders, "; ".join(offenders[:8]) or "every Conv/Gemm takes int8")
+                check(
+                    "int8 compute", len(offenders), 0, "count", "; ".join(offenders[:8]) or "every Conv/Gemm takes int8"
+                )
             )
         elif fmt == "tflite":
             entry["info"] = tflite.convert(model, test_images, path, int8=False, log_path=log)
@@ -196,9 +218,11 @@ def export_run(run_dir: Path, formats: list[str] | None = None, console: Console
             entry.update(verify(fmt, [LiteRTRunner(path, reference_kernels=True), micro], int8=True))
             problems = tflite.int8_violations(path)
             entry["checks"].append(
-                _check(
+                check(
                     "int8 end to end",
-                    not problems,
+                    len(problems),
+                    0,
+                    "count",
                     "; ".join(problems[:12])
                     or "int8 input, output and activations; no QUANTIZE, DEQUANTIZE, PAD or TRANSPOSE",
                 )
@@ -209,26 +233,27 @@ def export_run(run_dir: Path, formats: list[str] | None = None, console: Console
             entry.update(_mcu_project(path, out / FILES["tflite-int8"], interface()))
         entry["bytes"] = _size(path)
         entry["seconds"] = round(time.perf_counter() - started, 1)
-        entry["passed"] = all(check["passed"] for check in entry["checks"])
+        entry["passed"] = all(c.passed for c in entry["checks"])
+        for c in entry["checks"]:
+            mark = "[green]ok[/green]" if c.passed else "[red]FAILED[/red]"
+            console.print(f"  {mark} {c.name}: {_shown(c)}", highlight=False)
+        entry["checks"] = [c.model_dump() for c in entry["checks"]]
         report["artefacts"][fmt] = entry
-        for check in entry["checks"]:
-            mark = "[green]ok[/green]" if check["passed"] else "[red]FAILED[/red]"
-            console.print(f"  {mark} {check['name']}: {check['detail']}", highlight=False)
 
     # Re-exporting some formats keeps the findings for the others (their files are still there).
-    previous = _previous_artefacts(out / "export.json")
+    previous = _previous_artefacts(RunDir(run_dir).export_json)
     report["artefacts"] = {
         **{f: e for f, e in previous.items() if (run_dir / e["path"]).exists()},
         **report["artefacts"],
     }
     report["passed"] = all(entry["passed"] for entry in report["artefacts"].values())
-    (out / "export.json").write_text(json.dumps(report, indent=2) + "\n")
-    if not report["passed"]:
-        failed = [
-            f"{fmt}: {c['name']}" for fmt, e in report["artefacts"].items() for c in e["checks"] if not c["passed"]
-        ]
-        raise CheckFailed(f"export checks failed ({'; '.join(failed)}); artefacts kept, see {out / 'export.json'}")
+    atomic_save(json.dumps(report, indent=2) + "\n", RunDir(run_dir).export_json)
     return report
+
+
+def failed_checks(report: dict[str, Any]) -> list[str]:
+    """'format: check' for every failed check of an export.json."""
+    return [f"{fmt}: {c['name']}" for fmt, e in report["artefacts"].items() for c in e["checks"] if not c["passed"]]
 
 
 def _size(path: Path) -> int:
@@ -260,14 +285,23 @@ def _interface(tflite_path: Path, arena: int, data, recipe: Recipe, metadata: di
 def _c_array(out: Path, tflite_path: Path, interface: c_array.ModelInterface) -> dict[str, Any]:
     source, header = c_array.write_c_array(tflite_path, out, interface)
     entry: dict[str, Any] = {"header": str(header.name), "info": {"model_bytes": tflite_path.stat().st_size}}
-    length = compiled_model_length(source)
+    try:
+        length = compiled_model_length(source)
+    except CheckFailed as exc:
+        entry["checks"] = [holds("compiles", False, str(exc))]
+        return entry
     if length is None:
-        entry["checks"] = [_check("compiles", True, "skipped: no C++ compiler (c++) on this machine")]
+        entry["checks"] = [holds("compiles", True, "not checked: no C++ compiler (c++) on this machine")]
     else:
         entry["checks"] = [
-            _check("compiles", True, "c++ -std=c++17 builds it"),
-            _check(
-                "length", length == tflite_path.stat().st_size, f"g_model_data_len {length} = {tflite_path.name} bytes"
+            holds("compiles", True, "c++ -std=c++17 builds it"),
+            check(
+                "length",
+                length,
+                tflite_path.stat().st_size,
+                "bytes",
+                f"g_model_data_len equals the size of {tflite_path.name}",
+                bound="min",
             ),
         ]
     return entry
@@ -283,11 +317,11 @@ def _mcu_project(folder: Path, tflite_path: Path, interface: c_array.ModelInterf
     try:
         tree = firmware.resolve_tflm_tree()
     except firmware.DeviceSetupError as exc:
-        check = _check("TFLM kernels", True, f"not checked: {exc}")
+        kernels = holds("TFLM kernels", True, f"not checked: {exc}")
     else:
         check_operators(tflite_path, tree)  # an operator TFLM lacks is bad input: one line, exit 2
-        check = _check("TFLM kernels", True, f"{', '.join(ops)}: every operator has a kernel in {tree}")
-    return {"info": {"operators": ops}, "checks": [check]}
+        kernels = holds("TFLM kernels", True, f"{', '.join(ops)}: every operator has a kernel in {tree}")
+    return {"info": {"operators": ops}, "checks": [kernels]}
 
 
 def compiled_model_length(source: Path) -> int | None:

@@ -56,8 +56,8 @@ class _Calibration:
 
 
 def quantize_int8(fp32_path: Path, calibration: np.ndarray, path: Path) -> dict:
-    """Static QDQ: int8 activations and per-channel int8 weights, calibrated on `calibration`.
-    (quantize_dynamic is no option for convnets: it left an MNIST student at chance here.)"""
+    """Static QDQ: int8 activations and per-channel int8 weights (7 significant bits), calibrated on
+    `calibration`. (quantize_dynamic is no option for convnets: it left an MNIST student at chance here.)"""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -75,6 +75,10 @@ def quantize_int8(fp32_path: Path, calibration: np.ndarray, path: Path) -> dict:
             weight_type=QuantType.QInt8,
             per_channel=True,
             calibrate_method=CalibrationMethod.MinMax,
+            # 7-bit weights: x86 CPUs without VNNI multiply u8 × s8 with pmaddubsw, whose int16 sums
+            # saturate. With 8-bit weights the test suite's digits student lost several points of
+            # top-1 agreement on such a machine (its check failed); with 7-bit ones it stays above 99 %.
+            reduce_range=True,
         )
     return {"bytes": path.stat().st_size}
 

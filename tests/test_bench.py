@@ -13,8 +13,9 @@ from edgekd.benchmarks import latency
 from edgekd.benchmarks.bench import verdict
 from edgekd.benchmarks.memory import analyse
 from edgekd.benchmarks.profiles import DeviceError, bundled_devices, load_device, parse_budget, parse_size
-from edgekd.benchmarks.report import Artefact, Constraint, McuLatency, PeakLayer, Report, Sram, Verdict, markdown
+from edgekd.benchmarks.report import Artefact, McuLatency, PeakLayer, Report, Sram, Verdict, markdown
 from edgekd.benchmarks.report import Device as DeviceRecord
+from edgekd.checks import check, holds
 from edgekd.exporters.tflite import _schema
 
 
@@ -153,6 +154,39 @@ def test_latency_budget_uses_the_slow_end_of_the_estimate():
     assert not failing.passed and failing.constraints[-1].name == "latency"
 
 
+def test_a_failed_export_check_fails_the_verdict_and_leads_the_report():
+    budget = parse_budget("", load_device("256k-1m"))
+    checks = [
+        check("onnx-int8: agreement (onnxruntime)", 0.867, 0.97, "fraction", "test images", bound="min"),
+        holds("c-array: compiles", True, "c++ builds it"),
+    ]
+    result = verdict(artefact(), budget, checks)
+    assert not result.passed and all(c.passed for c in result.constraints)
+    assert [c.name for c in result.failed] == ["onnx-int8: agreement (onnxruntime)"]
+    assert result.failed[0].margin == pytest.approx(-0.103)
+    report = Report(
+        source="runs/x",
+        machine="test",
+        artefacts=[artefact()],
+        device=DeviceRecord(name="d", description="", clock_mhz=None, sram_bytes=1000, flash_bytes=5000),
+        verdict=result,
+    )
+    text = markdown(report)
+    assert text.index("## Verdict: FAIL") < text.index("- onnx-int8: agreement (onnxruntime): 86.70%, need ≥ 97.00%")
+    assert "Verification: 1 of 2 checks hold." in text
+
+
+def test_accuracy_budget():
+    budget = parse_budget("accuracy=95%", load_device("256k-1m"))
+    good = artefact()
+    good.accuracy = {"tflite-micro": 0.96}
+    assert verdict(good, budget, test_images=1000).passed
+    good.accuracy = {"tflite-micro": 0.949}
+    failing = verdict(good, budget, test_images=1000)
+    assert not failing.passed and failing.constraints[-1].name == "accuracy" and failing.constraints[-1].bound == "min"
+    assert not verdict(artefact(), budget).passed, "an accuracy budget that cannot be measured does not pass"
+
+
 def test_bundled_devices_load():
     assert {"cortex-m4", "stm32f746", "stm32h743", "256k-1m"} <= set(bundled_devices())
     h7 = load_device("stm32h743")
@@ -185,7 +219,7 @@ def test_report_json_validates_against_its_schema():
         verdict=Verdict(
             artefact="tflite-int8",
             passed=True,
-            constraints=[Constraint(name="SRAM", value=1, limit=2, unit="bytes", margin=1, passed=True, basis="test")],
+            constraints=[check("SRAM", 1, 2, "bytes", "test")],
         ),
     )
     jsonschema.validate(json.loads(report.model_dump_json()), Report.model_json_schema())

@@ -9,7 +9,6 @@ import torch
 import yaml
 
 from edgekd import cli
-from edgekd.errors import CheckFailed
 from edgekd.exporters import c_array, tflite
 from edgekd.exporters.export import compare, compiled_model_length, export_run
 from edgekd.exporters.runtimes import LiteRTRunner
@@ -90,7 +89,7 @@ def corrupt_largest_weight(path):
 
 
 @pytest.mark.slow
-def test_corrupted_weight_fails_the_export(trained_run, monkeypatch, tmp_path):
+def test_corrupted_weight_fails_the_export_and_the_verdict(capsys, trained_run, monkeypatch, tmp_path):
     real_convert = tflite.convert
 
     def convert_then_corrupt(model, images, path, **kwargs):
@@ -99,11 +98,32 @@ def test_corrupted_weight_fails_the_export(trained_run, monkeypatch, tmp_path):
         return info
 
     monkeypatch.setattr(tflite, "convert", convert_then_corrupt)
-    with pytest.raises(CheckFailed, match="tflite-int8: agreement"):
-        export_run(trained_run, ["tflite-int8"])
+    code, err = run_export_cli(capsys, trained_run, "--formats", "tflite-int8")
+    assert code == 1 and "export checks failed (tflite-int8: agreement (litert-reference)" in err
     report = json.loads((trained_run / "artefacts" / "export.json").read_text())
     assert report["passed"] is False and report["artefacts"]["tflite-int8"]["passed"] is False
     assert (trained_run / "artefacts" / "student.int8.tflite").is_file(), "a failed artefact is kept"
+    failed = next(c for c in report["artefacts"]["tflite-int8"]["checks"] if c["name"] == "agreement (tflite-micro)")
+    assert failed["value"] < failed["limit"] == 0.97 and failed["margin"] < 0 and failed["bound"] == "min"
+
+    # The benchmark's verdict carries the failed check: FAIL at the top of the report, and --strict exits 1.
+    monkeypatch.setattr(
+        sys, "argv", ["edgekd", "bench", str(trained_run), "--target", "none", "--latency-seconds", "0.01"]
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0 and "FAIL tflite-int8 on cortex-m4" in out and "checks FAILED" in out
+    text = (trained_run / "report.md").read_text()
+    verdict_part = text.split("## Training")[0]
+    assert (
+        "## Verdict: FAIL (tflite-int8)" in verdict_part and "- tflite-int8: agreement (tflite-micro):" in verdict_part
+    )
+    monkeypatch.setattr(sys, "argv", ["edgekd", "bench", str(trained_run), "--target", "none", "--strict",
+                                      "--latency-seconds", "0.01"])  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 1 and "agreement (tflite-micro)" in capsys.readouterr().err
 
 
 def test_rotated_proxy_computes_the_same_student_rotated():

@@ -44,7 +44,10 @@ def test_run_produces_a_complete_report(capsys, tmp_path, write_recipe):
     assert device.sram.arena_total_bytes == device.sram.arena_head_bytes + device.sram.arena_tail_bytes
     assert device.sram.arena_head_bytes == device.sram.static_peak_bytes
     assert {m.runtime for m in device.mcu_latency} == {"tflm-cmsis-nn", "plumerai"}
-    assert parsed.verdict.passed
+    assert parsed.verdict.passed and not parsed.verdict.failed
+    assert {"tflite-int8: agreement (tflite-micro)", "onnx: opset", "c-array: length"} <= {
+        c.name for c in parsed.verdict.checks
+    }
     on_device = device.device
     if os.environ.get("EDGEKD_REQUIRE_DEVICE") == "1":
         assert on_device.status == "measured", on_device.reason
@@ -53,9 +56,10 @@ def test_run_produces_a_complete_report(capsys, tmp_path, write_recipe):
         assert on_device.agreement_with_host == 1.0 and on_device.accuracy > 0.5
         assert on_device.arena_used_bytes <= device.sram.arena_total_bytes
         assert on_device.flash_bytes > device.bytes and on_device.layers and on_device.latency is not None
-        assert [c.name for c in parsed.verdict.constraints] == ["SRAM", "flash", "device outputs", "latency"]
+        assert [c.name for c in parsed.verdict.constraints] == ["SRAM", "flash", "latency"]
         assert parsed.verdict.constraints[0].value == on_device.arena_used_bytes
         assert "measured" in parsed.verdict.constraints[-1].basis
+        assert "tflite-int8: device outputs (qemu-m7)" in [c.name for c in parsed.verdict.checks]
         assert (run_dir / "device_layers.png").stat().st_size > 10_000
         assert "## Measured on the device" in (run_dir / "report.md").read_text()
     else:
