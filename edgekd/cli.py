@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import signal
 import sys
 from pathlib import Path
 
@@ -10,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from edgekd.errors import CheckFailed, EdgeKDError
+from edgekd.rundir import RunDir
 
 app = typer.Typer(
     add_completion=False,
@@ -21,7 +24,9 @@ app = typer.Typer(
 stdout = Console(width=None if sys.stdout.isatty() else 110)
 stderr = Console(stderr=True, width=None if sys.stderr.isatty() else 110)
 
-EXIT_INTERRUPTED = 130
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # Ctrl-C
+EXIT_TERMINATED = 143  # SIGTERM
 
 
 @app.command()
@@ -61,7 +66,18 @@ def export(
 
     chosen = parse_formats(formats) if formats is not None else None
     report = export_run(run_dir, chosen, console=stderr)
-    stdout.print(f"all {len(report['artefacts'])} artefacts verified: {run_dir / 'artefacts' / 'export.json'}")
+    _raise_if_failed(report, run_dir)
+    stdout.print(f"all {len(report['artefacts'])} artefacts verified: {RunDir(run_dir).export_json}")
+
+
+def _raise_if_failed(export_report: dict, run_dir: Path) -> None:
+    from edgekd.exporters.export import failed_checks
+
+    if not export_report["passed"]:
+        raise CheckFailed(
+            f"export checks failed ({'; '.join(failed_checks(export_report))}); artefacts kept, "
+            f"see {RunDir(run_dir).export_json}"
+        )
 
 
 def _bench(
@@ -91,14 +107,21 @@ def _bench(
         tflm=tflm,
     )
     out = source if source.is_dir() else source.parent / f"{source.stem}-report"
-    if report.verdict is not None:
-        mark = "[green]PASS[/green]" if report.verdict.passed else "[red]FAIL[/red]"
+    verdict = report.verdict
+    if verdict is not None:
+        mark = "[green]PASS[/green]" if verdict.passed else "[red]FAIL[/red]"
+        failed_checks = [c.name for c in verdict.checks if not c.passed]
         stdout.print(
-            f"{mark} {report.verdict.artefact} on {report.device.name}: "
+            f"{mark} {verdict.artefact} on {report.device.name}: "
             + ", ".join(
                 f"{c.name} {'ok' if c.passed else 'FAILED'} ({format_value(c.unit, c.value)}"
                 f" {'of' if c.bound == 'max' else 'need ≥'} {format_value(c.unit, c.limit)})"
-                for c in report.verdict.constraints
+                for c in verdict.constraints
+            )
+            + (
+                f"; {len(failed_checks)} of {len(verdict.checks)} checks FAILED: {', '.join(failed_checks)}"
+                if failed_checks
+                else f"; all {len(verdict.checks)} checks hold"
             ),
             highlight=False,
         )
@@ -157,19 +180,21 @@ def run(
     parse_budget(loaded.bench.budget, profile)  # bad device, budget or target: fail before training
     resolve_target(loaded.bench.target, profile, tflm)
     run_dir = out if out is not None else default_run_dir(loaded)
-    summary = run_distill(loaded, run_dir, resume=resume, overwrite=overwrite, console=stderr)
-    stdout.print(summary_table(summary))
-    export_run(run_dir, console=stderr)
-    _bench(
-        run_dir,
-        loaded.bench.device,
-        loaded.bench.budget,
-        loaded.bench.latency_seconds,
-        strict,
-        loaded.bench.target,
-        loaded.bench.device_images,
-        tflm,
-    )
+    with RunDir(run_dir).locked():  # one process owns the run from training to report
+        summary = run_distill(loaded, run_dir, resume=resume, overwrite=overwrite, console=stderr)
+        stdout.print(summary_table(summary))
+        exported = export_run(run_dir, console=stderr)  # a failed check fails the verdict below, and exits 1
+        _bench(
+            run_dir,
+            loaded.bench.device,
+            loaded.bench.budget,
+            loaded.bench.latency_seconds,
+            strict,
+            loaded.bench.target,
+            loaded.bench.device_images,
+            tflm,
+        )
+    _raise_if_failed(exported, run_dir)
 
 
 @app.command()
@@ -177,7 +202,7 @@ def fit(
     device: str = typer.Option(..., "--device", help="a bundled profile or a YAML path"),
     budget: str | None = typer.Option(None, "--budget", help="e.g. sram=256k,flash=1M (default: the device's)"),
     classes: int = typer.Option(10, "--classes", min=2, help="number of classes"),
-    channels: int = typer.Option(3, "--channels", min=1, max=3, help="input channels (1 or 3)"),
+    channels: int = typer.Option(3, "--channels", help="input channels: 1 (greyscale) or 3 (colour)"),
     min_resolution: int = typer.Option(64, "--min-resolution", min=32, help="smallest input size to consider"),
     top: int = typer.Option(8, "--top", min=1, help="how many configurations to list"),
 ) -> None:
@@ -187,6 +212,8 @@ def fit(
     from edgekd.benchmarks.fit import recipe_block, search
     from edgekd.benchmarks.profiles import load_device, parse_budget
 
+    if channels not in (1, 3):
+        raise EdgeKDError(f"--channels {channels}: give 1 (greyscale) or 3 (colour)")
     profile = load_device(device)
     limits = parse_budget(budget, profile)
     found = search(limits, num_classes=classes, in_chans=channels, min_resolution=min_resolution)
@@ -286,22 +313,62 @@ def recipes() -> None:
         )
 
 
-def main() -> None:
+def _on_sigterm(signum, frame) -> None:
+    """SIGTERM (kill, systemd, Slurm, container runtimes) stops a run the way Ctrl-C does."""
+    global _terminated
+    _terminated = True
+    raise KeyboardInterrupt
+
+
+_terminated = False
+
+
+def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """(usage errors, aborts) of the click that typer runs on: typer >= 0.2x carries its own copy
+    (typer.exceptions), older typers use click's, so `except click.ClickException` alone misses them."""
     import click
 
+    usage, aborts = [click.ClickException], [click.exceptions.Abort]
+    try:
+        from typer import exceptions as typer_exceptions
+        from typer._click import exceptions as own_click
+    except ImportError:
+        pass
+    else:
+        usage.append(own_click.ClickException)
+        aborts.append(typer_exceptions.Abort)
+    return tuple(usage), tuple(aborts)
+
+
+def main() -> None:
+    usage_errors, aborts = _click_exceptions()
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         code = app(standalone_mode=False)
     except EdgeKDError as exc:
         label = "failed" if exc.exit_code == 1 else "error"
         stderr.print(f"[red]{label}:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:  # usage errors: unknown option, missing argument
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except usage_errors as exc:  # unknown option, missing argument, a value for a flag: click's usage line
+        context = getattr(exc, "ctx", None)
+        if context is not None:
+            stderr.print(escape(context.get_usage()), highlight=False, soft_wrap=True)
+        help_hint = f"; see `{context.command_path} --help`" if context is not None else ""
+        message = exc.format_message().rstrip(".")
+        stderr.print(f"[red]error:[/red] {escape(message)}{help_hint}", highlight=False, soft_wrap=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except (*aborts, KeyboardInterrupt):
         code = EXIT_INTERRUPTED
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        stderr.print(f"[red]error:[/red] no space left on the device{where}; free some and rerun with --resume")
+        sys.exit(EXIT_BAD_INPUT)
     if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into this code
-        stderr.print("interrupted; `--resume` continues from the last finished epoch")
+        code = EXIT_TERMINATED if _terminated else EXIT_INTERRUPTED
+        what = "terminated (SIGTERM)" if _terminated else "interrupted"
+        stderr.print(f"{what}; `--resume` continues from the last finished epoch", highlight=False)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -92,6 +92,11 @@ def transfer_set(bundle: DataBundle, config: DataConfig, seed: int) -> DataBundl
         raise DataError(f"data.exclude_classes {unknown}: the dataset has classes 0..{bundle.num_classes - 1}")
     labels = labels_of(bundle.train)
     keep = np.flatnonzero(~np.isin(labels, config.exclude_classes))
+    if len(np.unique(labels[keep])) < 2:
+        raise DataError(
+            f"data.exclude_classes {config.exclude_classes} leaves the students fewer than 2 of the "
+            f"{bundle.num_classes} classes to learn; exclude fewer"
+        )
     if config.transfer_fraction < 1:
         classes = len(np.unique(labels[keep]))
         if int(config.transfer_fraction * len(keep)) < classes:  # sklearn rounds the share down too
@@ -173,6 +178,34 @@ def _synthetic(config: DataConfig, seed: int) -> tuple[torch.Tensor, torch.Tenso
     return (templates[labels] + noise).clamp(0, 1), labels
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """CIFAR's "python version" batches are pickles, and unpickling can run any code a file names. Admit
+    only what a genuine batch holds (dicts, lists, bytes, ints and numpy arrays); refuse the rest unrun."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.numeric", "_frombuffer"),  # arrays in protocol-5 pickles
+        ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),  # how protocol-2 pickles from Python 3 spell bytes
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which no CIFAR batch holds; refused unrun")
+        return super().find_class(module, name)
+
+
+def _load_cifar_pickle(path: Path) -> dict:
+    with open(path, "rb") as handle:
+        content = _CifarUnpickler(handle, encoding="bytes").load()
+    if not isinstance(content, dict):
+        raise pickle.UnpicklingError(f"it holds a {type(content).__name__}, not a CIFAR batch dict")
+    return content
+
+
 def _read_cifar(config: DataConfig):
     """CIFAR from the python-version pickles under data.root (downloaded there only if data.download)."""
     folder_name, train_files, test_files, meta_file, label_key, names_key = CIFAR_FILES[config.dataset]
@@ -200,19 +233,24 @@ def _read_cifar(config: DataConfig):
         data, labels = [], []
         for name in names:
             try:
-                with open(folder / name, "rb") as handle:
-                    batch = pickle.load(handle, encoding="bytes")
+                batch = _load_cifar_pickle(folder / name)
                 data.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
                 labels.extend(batch[label_key])
-            except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as exc:
+            except pickle.UnpicklingError as exc:
+                raise DataError(f"{config.dataset}: {folder / name}: {exc}") from None
+            except (OSError, KeyError, ValueError, EOFError, TypeError) as exc:
                 raise DataError(
                     f"{config.dataset}: cannot read {folder / name} ({type(exc).__name__}); "
                     "is it the python version of CIFAR?"
                 ) from None
         return torch.from_numpy(np.concatenate(data)), torch.tensor(labels, dtype=torch.long)
 
-    with open(folder / meta_file, "rb") as handle:
-        class_names = [name.decode() for name in pickle.load(handle, encoding="bytes")[names_key]]
+    try:
+        class_names = [name.decode() for name in _load_cifar_pickle(folder / meta_file)[names_key]]
+    except pickle.UnpicklingError as exc:
+        raise DataError(f"{config.dataset}: {folder / meta_file}: {exc}") from None
+    except (OSError, KeyError, ValueError, EOFError, TypeError, AttributeError) as exc:
+        raise DataError(f"{config.dataset}: cannot read {folder / meta_file} ({type(exc).__name__})") from None
     return read(train_files), read(test_files), class_names
 
 
@@ -329,24 +367,44 @@ def _imagefolder(config: DataConfig, seed: int) -> DataBundle:
         steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
         return v2.Compose(steps)
 
+    checked: dict[Path, ImageFolder] = {}
+
     def folder(path: Path, train: bool) -> ImageFolder:
         try:
-            return ImageFolder(str(path), transform=transform(train))
+            images = ImageFolder(str(path), transform=transform(train), loader=_load_image)
         except (FileNotFoundError, OSError) as exc:
             raise DataError(f"imagefolder: {path}: {exc}; expected one subfolder per class holding images") from None
+        if path not in checked:
+            _check_images(images)
+            checked[path] = images
+        if len(images.classes) < 2:
+            raise DataError(
+                f"imagefolder: {path} has {len(images.classes)} class folder ({', '.join(images.classes)}); "
+                "a classifier needs at least 2"
+            )
+        return images
 
     has_train = (root / "train").is_dir()
     source = root / "train" if has_train else root
     train_full, eval_full = folder(source, True), folder(source, False)
+
+    def same_classes(split: ImageFolder, name: str) -> ImageFolder:
+        if split.classes != train_full.classes:
+            raise DataError(
+                f"imagefolder: {root / name} has classes {split.classes[:5]}…, the training folder "
+                f"{train_full.classes[:5]}…; every split needs the same class folders"
+            )
+        return split
+
     labels = np.array(train_full.targets)
     indices = np.arange(len(labels))
     if has_train and (root / "test").is_dir():
-        test: Dataset = folder(root / "test", False)
+        test: Dataset = same_classes(folder(root / "test", False), "test")
     else:
         indices, test_idx = _stratified(indices, labels, config.splits.test, seed)
         test = Subset(eval_full, test_idx)
     if has_train and (root / "val").is_dir():
-        train_idx, val = indices, folder(root / "val", False)
+        train_idx, val = indices, same_classes(folder(root / "val", False), "val")
     else:
         train_idx, val_idx = _stratified(indices, labels[indices], config.splits.val, seed)
         val = Subset(eval_full, val_idx)
@@ -362,3 +420,29 @@ def _imagefolder(config: DataConfig, seed: int) -> DataBundle:
         mean=mean,
         std=std,
     )
+
+
+def _check_images(images) -> None:
+    """Stop at the first file that is not a readable image, naming it (before any run directory exists).
+    PIL's verify() reads headers and checksums without decoding every pixel, so this stays cheap."""
+    from PIL import Image
+
+    for path, _ in images.samples:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for a bad file
+            raise DataError(
+                f"imagefolder: {path} is not a readable image ({type(exc).__name__}); remove or replace it"
+            ) from None
+
+
+def _load_image(path: str):
+    """torchvision's loader, with a damaged file (one that passed the header check) named in one line."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as handle:
+            return Image.open(handle).convert("RGB")
+    except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for a bad file
+        raise DataError(f"imagefolder: {path} cannot be decoded ({type(exc).__name__}); remove or replace it") from None

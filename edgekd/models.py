@@ -4,6 +4,7 @@ so it is just another timm name."""
 from __future__ import annotations
 
 import difflib
+import warnings
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,8 @@ def mobilenetv2_tiny(pretrained: bool = False, width: float = 0.35, **kwargs: An
     `width` scales every layer, the last 1×1 conv included (1280 × width), unlike timm's mobilenetv2_*
     which keep 1280 features at every width; `fit` searches over it.
     """
+    if not isinstance(width, (int, float)) or not 0 < width <= 4:
+        raise ValueError(f"width must be a number in (0, 4], got {width!r}")
     kwargs.setdefault("pad_type", "same")
     model_kwargs = dict(
         block_args=decode_arch_def(_MOBILENETV2_ARCH),
@@ -98,29 +101,36 @@ def create_model(
         model = timm.create_model(
             name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **(kwargs or {})
         )
-    except TypeError as exc:
-        raise ModelError(f"model '{name}' does not accept these kwargs {sorted(kwargs or {})}: {exc}") from None
     except (OSError, RuntimeError) as exc:  # hub unreachable, offline, or no weights published
         if not pretrained:
-            raise
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ModelError(f"model '{name}' cannot be built with kwargs {kwargs or {}}: {_first_line(exc)}") from None
         raise ModelError(
-            f"cannot load pretrained weights for '{name}' ({reason}); "
+            f"cannot load pretrained weights for '{name}' ({_first_line(exc)}); "
             "give `checkpoint: path` or a `train:` block instead"
         ) from None
+    except Exception as exc:  # noqa: BLE001 - a model's constructor rejects bad kwargs in many ways
+        raise ModelError(f"model '{name}' rejects kwargs {kwargs or {}}: {_first_line(exc)}") from None
     if checkpoint is not None:
         load_weights(model, checkpoint)
     return model
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
 def load_weights(model: nn.Module, path: Path) -> dict[str, Any]:
     """Load a state dict (bare, or inside an edgekd weights file) with weights_only=True. Returns the
     file's metadata (empty for a bare state dict)."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise ModelError(f"checkpoint {path} is a directory; give the weights file inside it")
     if not path.is_file():
         raise ModelError(f"checkpoint {path} does not exist")
     try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols above the one-line error
+            warnings.simplefilter("ignore")
+            content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a corrupt file
         raise ModelError(
             f"checkpoint {path} cannot be read ({type(exc).__name__}); is it a PyTorch state dict?"
@@ -146,6 +156,21 @@ def load_weights(model: nn.Module, path: Path) -> dict[str, Any]:
             f"(e.g. {result.unexpected_keys[:2]}); was it saved from the same architecture and classes?"
         )
     return metadata
+
+
+def probe_model(model: nn.Module, name: str, kwargs: dict, in_chans: int, image_size: int) -> None:
+    """One forward pass on a blank image, so that a kwarg the model only reads when it runs (a string
+    where it needs a number) or an input too small for it is reported before any training."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, in_chans, image_size, image_size))
+    except Exception as exc:  # noqa: BLE001 - a model fails its forward pass in many ways
+        raise ModelError(
+            f"model '{name}' with kwargs {kwargs or {}} fails on a {in_chans}×{image_size}×{image_size} image: "
+            f"{_first_line(exc)}"
+        ) from None
+    model.train(was_training)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -20,7 +20,8 @@ FORMATS = ("onnx", "onnx-int8", "tflite", "tflite-int8", "c-array", "mcu-project
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    # inf and nan parse as YAML floats (.inf, .nan) but would only fail hours later, as a NaN loss.
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
 class Splits(StrictModel):
@@ -237,7 +238,9 @@ class BenchConfig(StrictModel):
     """What `edgekd run` benchmarks the artefacts against."""
 
     device: str = "cortex-m4"
-    budget: str | None = Field(None, description="e.g. sram=256k,flash=1M,latency=100ms (default: the device's)")
+    budget: str | None = Field(
+        None, description="e.g. sram=256k,flash=1M,latency=100ms,accuracy=95% (default: the device's SRAM and flash)"
+    )
     latency_seconds: float = Field(1.0, gt=0, description="length of each of the five latency windows")
     target: Literal["auto", "none", "qemu-m4", "qemu-m7"] = Field(
         "auto", description="run the int8 firmware in QEMU: auto = the device's core, when a toolchain is present"
@@ -248,7 +251,7 @@ class BenchConfig(StrictModel):
 class Recipe(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="numpy and scikit-learn take seeds in 0 .. 2^32-1")
     output_dir: Path = Path("runs")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     channels_last: bool = True
@@ -327,6 +330,8 @@ def load_recipe(recipe: str | Path, overrides: list[str] | None = None) -> Recip
         raise RecipeError(f"{path}: malformed YAML{where}: {problem}") from None
     except OSError as exc:
         raise RecipeError(f"{path}: cannot read recipe: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path} is not a text file; a recipe is YAML (UTF-8)") from None
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: a recipe is a YAML mapping (name:, data:, teacher:, ...), got {type(raw).__name__}")
     for override in overrides or []:

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import math
 import os
+import shutil
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,12 +26,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from torch import nn
-from torch.utils.data import DataLoader
 
 from edgekd.data import DataBundle, make_loader
-from edgekd.errors import EdgeKDError
+from edgekd.errors import EdgeKDError, RunDirError
 from edgekd.methods.base import DistillMethod
 from edgekd.recipe import TrainConfig
 
@@ -85,7 +94,8 @@ os.umask(_UMASK)
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file in the same folder, then rename: a kill never leaves half a file."""
+    """Write to a temporary file in the same folder, then rename: a kill never leaves half a file, and a
+    full disk leaves the previous version in place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
@@ -96,9 +106,36 @@ def atomic_save(obj: Any, path: Path) -> None:
             torch.save(obj, temporary)
         os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as exc:
         Path(temporary).unlink(missing_ok=True)
+        if _out_of_space(exc, path.parent, obj):
+            free = shutil.disk_usage(path.parent).free
+            raise RunDirError(
+                f"no space left in {path.parent} to write {path.name} (needs about {_bytes_of(obj) / 1e6:,.1f} MB, "
+                f"{free / 1e6:,.1f} MB free); free some space and rerun with --resume"
+            ) from None
         raise
+
+
+def _out_of_space(exc: BaseException, folder: Path, obj: Any) -> bool:
+    """ENOSPC as Python raises it; torch's writer instead raises a RuntimeError ("unexpected pos",
+    "iostream error"), so for those ask the file system whether the object would have fitted."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(exc, RuntimeError) and shutil.disk_usage(folder).free < 1.1 * _bytes_of(obj) + 65536
+
+
+def _bytes_of(obj: Any) -> int:
+    """Roughly what `obj` takes on disk: its tensors' bytes (or its text's)."""
+    if isinstance(obj, str):
+        return len(obj.encode())
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_bytes_of(value) for value in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_bytes_of(value) for value in obj)
+    return 64
 
 
 class MetricsLog:
@@ -166,38 +203,37 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, runtime: Runtime) -> tuple[float, float]:
+def evaluate(model: nn.Module, loader: Iterable, runtime: Runtime) -> tuple[float, float]:
     """(mean cross-entropy, top-1 accuracy) in eval mode."""
     model.eval()
-    loss_sum, correct, seen = 0.0, 0, 0
+    loss_sum, correct, seen = torch.zeros(()), torch.zeros((), dtype=torch.long), 0
     for images, labels in loader:
         images, labels = runtime.batch(images, labels)
         with runtime.autocast():
             logits = model(images)
-        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
-        correct += (logits.argmax(1) == labels).sum().item()
+        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").cpu()
+        correct += (logits.argmax(1) == labels).sum().cpu()
         seen += len(labels)
-    return loss_sum / max(seen, 1), correct / max(seen, 1)
+    return loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1)
 
 
-@torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, loader: DataLoader, runtime: Runtime) -> None:
-    """Replace BatchNorm running statistics by their exact average over `loader`."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return
-    saved_momentum = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average
-    model.train()
-    for images, labels in loader:
-        images, _ = runtime.batch(images, labels)
-        with runtime.autocast():
-            model(images)
-    for m, momentum in zip(norms, saved_momentum, strict=True):
-        m.momentum = momentum
+def recalibrate_batchnorm(model: nn.Module, loader: Iterable, runtime: Runtime) -> None:
+    """Replace BatchNorm running statistics by their exact average over `loader` ("precise BN"), with
+    torch's own `update_bn`; the images go in as training batches would (device, memory format)."""
+    from torch.optim.swa_utils import update_bn
+
+    with runtime.autocast():
+        update_bn((runtime.batch(images, labels)[0] for images, labels in loader), model)
     model.eval()
+
+
+def tracked(loader: Iterable, progress: Progress, description: str, total: int) -> Iterator:
+    """Iterate `loader` with a progress line of its own, removed when done."""
+    task = progress.add_task(description, total=total, status="")
+    for batch in loader:
+        yield batch
+        progress.advance(task)
+    progress.remove_task(task)
 
 
 # ---------------------------------------------------------------- the loop
@@ -246,10 +282,12 @@ def train_stage(
     started = time.perf_counter()
     columns = (
         TextColumn("{task.description}"),
-        BarColumn(bar_width=24),
+        BarColumn(bar_width=20),
         MofNCompleteColumn(),
         TextColumn("{task.fields[status]}"),
         TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
     )
     with Progress(*columns, console=console) as progress:
         for epoch in range(start_epoch, config.epochs + 1):
@@ -288,8 +326,15 @@ def train_stage(
                     f"acc {correct / seen:.1%}  {images_per_second:,.0f} img/s",
                 )
             epoch_seconds = time.perf_counter() - epoch_started
+            progress.update(task, visible=False)
             val_loss, val_accuracy = (
-                evaluate(method.student, val_loader, runtime) if len(data.val) else (math.nan, math.nan)
+                evaluate(
+                    method.student,
+                    tracked(val_loader, progress, f"{stage:>8} {epoch:>3}/{config.epochs} validating", len(val_loader)),
+                    runtime,
+                )
+                if len(data.val)
+                else (math.nan, math.nan)
             )
             row = {
                 "stage": stage,
@@ -324,13 +369,24 @@ def train_stage(
                 checkpoint_path,
             )
 
-    recalibrate_batchnorm(
-        method.student, make_loader(data.train_eval, batch_size, train=False, workers=workers), runtime
-    )
-    val_accuracy = evaluate(method.student, val_loader, runtime)[1] if len(data.val) else None
-    test_loss, test_accuracy = evaluate(
-        method.student, make_loader(data.test, batch_size, train=False, workers=workers), runtime
-    )
+        # Precise BN, then the final validation and test passes: minutes on a busy machine, so shown too.
+        statistics = make_loader(data.train_eval, batch_size, train=False, workers=workers)
+        recalibrate_batchnorm(
+            method.student,
+            tracked(statistics, progress, f"{stage:>8} BatchNorm statistics", len(statistics)),
+            runtime,
+        )
+        val_accuracy = (
+            evaluate(method.student, tracked(val_loader, progress, f"{stage:>8} validating", len(val_loader)), runtime)[
+                1
+            ]
+            if len(data.val)
+            else None
+        )
+        test_loader = make_loader(data.test, batch_size, train=False, workers=workers)
+        test_loss, test_accuracy = evaluate(
+            method.student, tracked(test_loader, progress, f"{stage:>8} testing", len(test_loader)), runtime
+        )
     return StageResult(
         stage, val_accuracy, test_accuracy, test_loss, seconds_before + time.perf_counter() - started, config.epochs
     )

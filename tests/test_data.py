@@ -146,6 +146,38 @@ def test_cifar10_from_a_local_folder(tmp_path):
     assert grey.test[0][0].shape == (1, 16, 16)
 
 
+class Payload:
+    """What an attacker puts in a pickle: unpickling calls os.system."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_a_crafted_cifar_pickle_is_refused_unrun(tmp_path, protocol):
+    write_cifar10(tmp_path)
+    marker = tmp_path / "payload-ran"
+    batch = {b"data": Payload(marker), b"labels": [0]}
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(pickle.dumps(batch, protocol=protocol))
+    with pytest.raises(DataError, match=r"data_batch_3: it names (posix|os)\.system, which no CIFAR batch holds"):
+        load_data(config(dataset="cifar10", root=tmp_path), seed=0)
+    assert not marker.exists(), "the pickle's payload ran"
+
+
+def test_cifar_in_the_original_python2_format_loads(tmp_path):
+    write_cifar10(tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
+        content = pickle.loads((folder / name).read_bytes())
+        (folder / name).write_bytes(pickle.dumps(content, protocol=2))
+    assert load_data(config(dataset="cifar10", root=tmp_path, splits={"val": 0.25}), seed=0).num_classes == 10
+
+
 def test_cifar_missing_files_named(tmp_path):
     with pytest.raises(DataError, match="lacks data_batch_1.*data.download: true"):
         load_data(config(dataset="cifar10", root=tmp_path), seed=0)

@@ -65,3 +65,57 @@ def test_recalibrated_batchnorm_holds_the_exact_statistics():
         activations = model[0](images)
     assert torch.allclose(model[1].running_mean, activations.mean(dim=(0, 2, 3)), atol=1e-5)
     assert model[1].momentum == 0.1 and not model.training
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_previous_file(tmp_path, monkeypatch):
+    from edgekd import train
+    from edgekd.errors import RunDirError
+
+    state = {"weights": torch.zeros(1000)}
+    atomic_save(state, tmp_path / "last.pt")
+    real_save = torch.save
+
+    def save_until_full(obj, path):  # what torch reports when the disk fills halfway through a write
+        real_save(obj, path)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 278976 vs 278872")
+
+    monkeypatch.setattr(train.torch, "save", save_until_full)
+    monkeypatch.setattr(train.shutil, "disk_usage", lambda _: type("Usage", (), {"free": 100})())
+    with pytest.raises(
+        RunDirError, match=rf"no space left in {tmp_path} to write last.pt \(needs about 0.0 MB, 0.0 MB"
+    ):
+        atomic_save({"weights": torch.ones(1000)}, tmp_path / "last.pt")
+    monkeypatch.setattr(train.torch, "save", real_save)
+    assert torch.load(tmp_path / "last.pt")["weights"].sum() == 0, "the previous checkpoint is intact"
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"], "no temporary file left"
+
+
+@pytest.mark.slow
+def test_a_real_full_disk_stops_the_run_in_one_line(tmp_path, tiny_recipe, write_recipe):
+    import subprocess
+    import sys
+
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "edgekd.cli",
+                "distill",
+                str(write_recipe(tiny_recipe)),
+                "--out",
+                str(mount / "run"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(lines) == 1 and f"no space left in {mount / 'run'}" in lines[0] and "MB free" in lines[0]
