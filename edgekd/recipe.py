@@ -30,6 +30,11 @@ class Splits(StrictModel):
 
     val: float = Field(0.1, ge=0, lt=1)
     test: float = Field(0.2, ge=0, lt=1)
+    order: Literal["random", "ordered"] = Field(
+        "random",
+        description="random: a stratified seeded draw; ordered: per class, the first images train, then "
+        "validation, the last test, in the dataset's own order (to reproduce another tool's split)",
+    )
 
     @model_validator(mode="after")
     def _leave_training_data(self) -> Splits:
@@ -116,7 +121,17 @@ class StudentConfig(StrictModel):
     checkpoint: Path | None = None
 
 
-class KDConfig(TrainConfig):
+class DistillSettings(TrainConfig):
+    """What every distillation method's section has besides its own loss settings."""
+
+    cache_teacher: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="compute a frozen teacher's outputs once instead of every step; auto: when no random "
+        "augmentation changes what the teacher sees",
+    )
+
+
+class KDConfig(DistillSettings):
     """Hinton et al. 2015: w_ce * CE(y, z_s) + w_kd * T^2 * KL(softmax(z_t/T) || softmax(z_s/T))."""
 
     method: Literal["kd"] = "kd"
@@ -126,7 +141,7 @@ class KDConfig(TrainConfig):
     ensemble: Literal["arithmetic", "geometric"] = Field("arithmetic", description="how a teacher list's targets mix")
 
 
-class HintsConfig(TrainConfig):
+class HintsConfig(DistillSettings):
     """FitNets (Romero et al. 2015): a connector maps a student stage onto a teacher stage, L2 between them."""
 
     method: Literal["hints"] = "hints"
@@ -146,7 +161,7 @@ class HintsConfig(TrainConfig):
         return self
 
 
-class ProKTConfig(TrainConfig):
+class ProKTConfig(DistillSettings):
     """ProKT (Shi et al. 2021): the teacher steps toward the student each batch, the student follows it."""
 
     method: Literal["prokt"] = "prokt"
@@ -157,7 +172,7 @@ class ProKTConfig(TrainConfig):
     teacher_optimizer: Literal["sgd", "adamw"] = "sgd"
 
 
-class DKDConfig(TrainConfig):
+class DKDConfig(DistillSettings):
     """Decoupled KD (Zhao et al. 2022): CE + warm-up · (α·TCKD + β·NCKD) · T²."""
 
     method: Literal["dkd"] = "dkd"
@@ -172,7 +187,7 @@ class DKDConfig(TrainConfig):
         return self.warmup_epochs if self.warmup_epochs is not None else max(1.0, 20 * self.epochs / 240)
 
 
-class ATConfig(TrainConfig):
+class ATConfig(DistillSettings):
     """Attention transfer (Zagoruyko & Komodakis 2017) between chosen stage pairs."""
 
     method: Literal["at"] = "at"
@@ -184,7 +199,7 @@ class ATConfig(TrainConfig):
     p: float = Field(2.0, gt=0)
 
 
-class CoDistillConfig(TrainConfig):
+class CoDistillConfig(DistillSettings):
     """Co-distillation: N students teach each other (no teacher); the first is saved and exported."""
 
     method: Literal["codistill"] = "codistill"
@@ -265,6 +280,21 @@ class Recipe(StrictModel):
     baseline: BaselineConfig = BaselineConfig()
     export: ExportConfig = ExportConfig()
     bench: BenchConfig = BenchConfig()
+
+    @model_validator(mode="after")
+    def _teacher_cache_must_be_possible(self) -> Recipe:
+        if self.distill.cache_teacher != "on":
+            return self
+        if self.distill.method in ("prokt", "codistill"):
+            reason = "ProKT trains its teacher" if self.distill.method == "prokt" else "co-distillation has no teacher"
+            raise ValueError(f"distill.cache_teacher: on, but {reason}; use auto or off")
+        augmentation = self.data.augmentation
+        if augmentation.random_crop_padding or augmentation.horizontal_flip:
+            raise ValueError(
+                "distill.cache_teacher: on, but data.augmentation is random (the teacher would see other pixels "
+                "than the cached ones); set it to auto or off, or turn the augmentation off"
+            )
+        return self
 
     @model_validator(mode="after")
     def _ensembles_need_logit_methods(self) -> Recipe:
