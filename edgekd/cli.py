@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import signal
 import sys
 from pathlib import Path
@@ -47,8 +48,9 @@ def distill(
     loaded = load_recipe(recipe, set_)
     run_dir = out if out is not None else default_run_dir(loaded)
     summary = run_distill(loaded, run_dir, resume=resume, overwrite=overwrite, console=stderr)
-    stdout.print(summary_table(summary))
-    stdout.print(f"run directory: {run_dir}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one process reports
+        stdout.print(summary_table(summary))
+        stdout.print(f"run directory: {run_dir}")
 
 
 @app.command()
@@ -180,6 +182,9 @@ def run(
     parse_budget(loaded.bench.budget, profile)  # bad device, budget or target: fail before training
     resolve_target(loaded.bench.target, profile, tflm)
     run_dir = out if out is not None else default_run_dir(loaded)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun: the other processes help train, rank 0 goes on
+        run_distill(loaded, run_dir, resume=resume, overwrite=overwrite, console=stderr)
+        return
     with RunDir(run_dir).locked():  # one process owns the run from training to report
         summary = run_distill(loaded, run_dir, resume=resume, overwrite=overwrite, console=stderr)
         stdout.print(summary_table(summary))

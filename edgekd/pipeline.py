@@ -6,8 +6,10 @@ metrics.csv, summary.json and checkpoints/ (the last epoch of each stage, for --
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +20,11 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from edgekd.data import DataBundle, load_data, make_loader, transfer_set
-from edgekd.errors import RunDirError
-from edgekd.methods import Plain, build_method
+from edgekd.data import Batches, DataBundle, has_random_augmentation, load_data, transfer_set
+from edgekd.distributed import World
+from edgekd.errors import EdgeKDError, RecipeError, RunDirError
+from edgekd.methods import Plain, ProKT, build_method
+from edgekd.methods.base import FrozenTeacherMethod
 from edgekd.methods.codistill import CoDistillation
 from edgekd.methods.ensemble import TeacherEnsemble
 from edgekd.methods.mythical import correct_excluded_bias
@@ -113,12 +117,19 @@ def _result_from_weights(stage: str, metadata: dict) -> StageResult:
 def distill(
     recipe: Recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = False, console: Console | None = None
 ) -> dict[str, Any]:
-    console = console or Console(stderr=True)
+    """Teacher(s), baseline, distilled student: trained (or, on --resume, reused) into `run_dir`.
+
+    Under torchrun every process trains its share of each batch; rank 0 alone holds the run directory's
+    lock, writes into it and prints."""
     started = time.perf_counter()
+    runtime = Runtime.from_recipe(recipe.device, recipe.channels_last, recipe.amp)
+    world = World.from_environment(runtime.device.type)
+    console = console or Console(stderr=True)
+    if not world.main:
+        console = Console(stderr=True, quiet=True)
     # Everything that can reject the input runs before the run directory is touched.
     for model_config in [*recipe.teachers, recipe.student]:
         check_model_name(model_config.model)
-    runtime = Runtime.from_recipe(recipe.device, recipe.channels_last, recipe.amp)
     data = load_data(recipe.data, recipe.seed)
     transfer = transfer_set(data, recipe.data, recipe.seed)  # the teachers learn from all of `data`
     for model_config in [*recipe.teachers, recipe.student]:  # kwargs and checkpoints, before any file exists
@@ -132,127 +143,211 @@ def distill(
         )
         probe_model(model, model_config.model, model_config.kwargs, data.in_chans, data.image_size)
     run = RunDir(run_dir)
-    with run.locked():
-        prepare_run_dir(run, recipe, resume=resume, overwrite=overwrite)
-        return _distill(recipe, run, data, transfer, runtime, resume=resume, console=console, started=started)
+    with run.locked() if world.main else contextlib.nullcontext():
+        refused = None
+        if world.main:
+            try:
+                prepare_run_dir(run, recipe, resume=resume, overwrite=overwrite)
+                atomic_save(recipe.to_yaml(), run.recipe)
+            except EdgeKDError as exc:
+                refused = exc
+        refused = world.broadcast(refused)  # the other processes stop with rank 0's reason
+        if refused is not None:
+            raise refused
+        session = Session(recipe, run, data, transfer, runtime, world, console, MetricsLog(run.metrics), resume)
+        console.print(
+            f"[bold]{recipe.name}[/bold]: {recipe.data.dataset} {data.image_size}×{data.image_size}×{data.in_chans}, "
+            f"{data.num_classes} classes, {len(data.train)} train / {len(data.val)} val / {len(data.test)} test "
+            f"images, on {runtime.device.type}" + (f", {world.size} processes" if world.distributed else "")
+        )
+        teacher, results = train_teachers(session)
+        if recipe.baseline.enabled:
+            results["baseline"] = train_baseline(session)
+        results["student"] = train_student(session, teacher)
+        summary = summarise(session, results, teacher_results=results.pop("teachers", None), started=started)
+        if world.main:
+            atomic_save(json.dumps(summary, indent=2) + "\n", run.summary)
+        return summary
 
 
-def _distill(
-    recipe: Recipe,
-    run: RunDir,
-    data: DataBundle,
-    transfer: DataBundle,
-    runtime: Runtime,
-    *,
-    resume: bool,
-    console: Console,
-    started: float,
-) -> dict[str, Any]:
-    run_dir = run.path
-    atomic_save(recipe.to_yaml(), run.recipe)
-    metrics = MetricsLog(run.metrics)
-    console.print(
-        f"[bold]{recipe.name}[/bold]: {recipe.data.dataset} {data.image_size}×{data.image_size}×{data.in_chans}, "
-        f"{data.num_classes} classes, {len(data.train)} train / {len(data.val)} val / {len(data.test)} test "
-        f"images, on {runtime.device.type}"
-    )
-    common = dict(
-        seed=recipe.seed,
-        batch_size=recipe.data.batch_size,
-        workers=recipe.data.workers,
-        checkpoint_dir=run_dir / "checkpoints",
-        metrics=metrics,
-        resume=resume,
-        console=console,
-    )
+@dataclass
+class Session:
+    """What every stage of one distill run shares."""
 
-    def stage(name: str, config, seed: int, train_config, stage_data: DataBundle) -> tuple[nn.Module, StageResult]:
-        """Reuse a finished stage's weights on --resume; otherwise build, train and save."""
-        weights_path = run_dir / f"{name}.pt"
+    recipe: Recipe
+    run: RunDir
+    data: DataBundle  # everything: the teachers learn from its training split
+    transfer: DataBundle  # the students' training images (data.transfer_fraction, exclude_classes)
+    runtime: Runtime
+    world: World
+    console: Console
+    metrics: MetricsLog
+    resume: bool
+    corrections: dict[str, dict] = field(default_factory=dict)  # the mythical-digit bias shift, per student
+    community: dict[str, Any] = field(default_factory=dict)  # co-distillation's students and ensemble
+
+    def build(self, config, seed: int) -> nn.Module:
         torch.manual_seed(seed)
-        model = create_model(
+        return create_model(
             config.model,
-            num_classes=data.num_classes,
-            in_chans=data.in_chans,
+            num_classes=self.data.num_classes,
+            in_chans=self.data.in_chans,
             pretrained=config.pretrained,
             checkpoint=config.checkpoint,
             kwargs=config.kwargs,
         )
-        if resume and weights_path.is_file():
-            result = _result_from_weights(name, load_weights(model, weights_path))
-            console.print(f"[dim]{name}: finished earlier, test accuracy {result.test_accuracy:.2%}[/dim]")
-            return runtime.place(model), result
-        if train_config is None:  # given weights, nothing to train: just measure them
-            model = runtime.place(model)
-            result = measure(name, model)
-        else:
-            if name == "student":
-                method = build_method(
-                    recipe.distill, model, teacher, in_chans=data.in_chans, image_size=data.image_size, new_student=peer
-                )
-            else:
-                method = Plain(model)
-            result = train_stage(name, method, train_config, stage_data, runtime, **common)
-            if isinstance(method, CoDistillation):
-                community.update(evaluate_community(method))
-        if excluded and name in ("baseline", "student"):
-            correction[name] = correct_excluded_bias(model, data, excluded, runtime, recipe.data.batch_size)
-            result = measure(name, model, result)
-        save_weights(weights_path, model, config.model, config.kwargs, data, result)
-        # The weights file now stands for the finished stage; its resume checkpoint is dead weight.
-        (run_dir / "checkpoints" / f"{name}.last.pt").unlink(missing_ok=True)
-        return model, result
 
-    def measure(name: str, model: nn.Module, trained: StageResult | None = None) -> StageResult:
+    def measure(self, name: str, model: nn.Module, trained: StageResult | None = None) -> StageResult:
+        """Test (and validation) accuracy of a model as it is: given weights, or after a correction."""
         timer = time.perf_counter()
-        test_loss, test_accuracy = evaluate(model, make_loader(data.test, recipe.data.batch_size, train=False), runtime)
-        val_accuracy = (
-            evaluate(model, make_loader(data.val, recipe.data.batch_size, train=False), runtime)[1]
-            if len(data.val)
+        batch = self.recipe.data.batch_size
+        test_loss, test_accuracy = evaluate(model, Batches(self.data.test, batch, shuffle=False), self.runtime)
+        val = (
+            evaluate(model, Batches(self.data.val, batch, shuffle=False), self.runtime)[1]
+            if len(self.data.val)
             else None
         )
         if trained is None:
-            return StageResult(name, val_accuracy, test_accuracy, test_loss, time.perf_counter() - timer, 0)
-        return StageResult(name, val_accuracy, test_accuracy, test_loss, trained.seconds, trained.epochs)
+            return StageResult(name, val, test_accuracy, test_loss, time.perf_counter() - timer, 0)
+        return StageResult(name, val, test_accuracy, test_loss, trained.seconds, trained.epochs)
 
-    def peer(k: int) -> nn.Module:  # co-distillation's extra students, each from its own initial weights
-        torch.manual_seed(recipe.seed + 1 + 100 * k)
-        return create_model(
-            recipe.student.model, num_classes=data.num_classes, in_chans=data.in_chans, kwargs=recipe.student.kwargs
+    def stage(self, name: str, config, seed: int, train_config, stage_data: DataBundle, method_for=None):
+        """Reuse a finished stage's weights on --resume; otherwise build, train (with the method
+        `method_for(model)` makes, plain cross-entropy without one) and save. Returns (model, result)."""
+        weights = self.run.weights(name)
+        model = self.build(config, seed)
+        if self.resume and weights.is_file():
+            result = _result_from_weights(name, load_weights(model, weights))
+            self.console.print(f"[dim]{name}: finished earlier, test accuracy {result.test_accuracy:.2%}[/dim]")
+            return self.runtime.place(model), result
+        if train_config is None:  # given weights, nothing to train: just measure them
+            model = self.runtime.place(model)
+            return model, self._saved(name, model, config, self.measure(name, model))
+        method = method_for(model) if method_for is not None else Plain(model)
+        cache, reason = teacher_cache_decision(self.recipe, method, stage_data)
+        if method_for is not None:
+            self.console.print(f"[dim]{name}: teacher cache {'on' if cache else 'off'} ({reason})[/dim]")
+        if isinstance(method, ProKT):
+            method.world = self.world
+        result = train_stage(
+            name,
+            method,
+            train_config,
+            stage_data,
+            self.runtime,
+            seed=self.recipe.seed,
+            batch_size=self.recipe.data.batch_size,
+            workers=self.recipe.data.workers,
+            checkpoint_dir=self.run.checkpoints,
+            metrics=self.metrics,
+            resume=self.resume,
+            console=self.console,
+            world=self.world,
+            teacher_cache=cache,
         )
+        if isinstance(method, CoDistillation):
+            self.community.update(self._community(method))
+        excluded = self.recipe.data.exclude_classes
+        if excluded and name in ("baseline", "student"):
+            self.corrections[name] = correct_excluded_bias(
+                model, self.data, excluded, self.runtime, self.recipe.data.batch_size
+            )
+            result = self.measure(name, model, result)
+        return model, self._saved(name, model, config, result)
 
-    def evaluate_community(method: CoDistillation) -> dict[str, Any]:
-        loader = make_loader(data.test, recipe.data.batch_size, train=False)
-        accuracies = [evaluate(student, loader, runtime)[1] for student in method.students]
+    def _saved(self, name: str, model: nn.Module, config, result: StageResult) -> StageResult:
+        if self.world.main:
+            save_weights(self.run.weights(name), model, config.model, config.kwargs, self.data, result)
+            # The weights file now stands for the finished stage; its resume checkpoint is dead weight.
+            self.run.checkpoint(name).unlink(missing_ok=True)
+        self.world.barrier()
+        return result
+
+    def _community(self, method: CoDistillation) -> dict[str, Any]:
+        batches = Batches(self.data.test, self.recipe.data.batch_size, shuffle=False)
+        accuracies = [evaluate(student, batches, self.runtime)[1] for student in method.students]
         correct = 0
-        for images, labels in loader:
-            images, labels = runtime.batch(images, labels)
+        for images, labels, _ in batches:
+            images, labels = self.runtime.batch(images, labels)
             correct += (method.ensemble_logits(images).argmax(1) == labels).sum().item()
-        return {"students": accuracies, "ensemble": correct / len(data.test)}
+        return {"students": accuracies, "ensemble": correct / len(self.data.test)}
 
-    excluded = recipe.data.exclude_classes
-    correction: dict[str, dict] = {}
+
+def train_teachers(session: Session) -> tuple[nn.Module | None, dict[str, Any]]:
+    """The teacher (or the ensemble of teachers) the student learns from; none for co-distillation."""
+    recipe = session.recipe
     single = len(recipe.teachers) == 1
     teachers = [
-        stage("teacher" if single else f"teacher_{index}", config, recipe.seed + 1000 * index, config.train, data)
+        session.stage(
+            "teacher" if single else f"teacher_{index}", config, recipe.seed + 1000 * index, config.train, session.data
+        )
         for index, config in enumerate(recipe.teachers)
     ]
-    community: dict[str, Any] = {}
     if not teachers:  # co-distillation: the students teach each other
-        teacher, results = None, {}
-    elif single:
-        teacher = teachers[0][0]
-        results = {"teacher": teachers[0]}
-    else:
-        teacher = runtime.place(
-            TeacherEnsemble([model for model, _ in teachers], recipe.distill.temperature, recipe.distill.ensemble)
-        )
-        results = {"teacher": (teacher, measure("teacher", teacher))}
-    student_seed = recipe.seed + 1  # baseline and distilled student start from the same weights
-    if recipe.baseline.enabled:
-        results["baseline"] = stage("baseline", recipe.student, student_seed, recipe.baseline_train_config(), transfer)
-    results["student"] = stage("student", recipe.student, student_seed, recipe.distill, transfer)
+        return None, {}
+    if single:
+        return teachers[0][0], {"teacher": teachers[0]}
+    ensemble = session.runtime.place(
+        TeacherEnsemble([model for model, _ in teachers], recipe.distill.temperature, recipe.distill.ensemble)
+    )
+    return ensemble, {"teacher": (ensemble, session.measure("teacher", ensemble)), "teachers": teachers}
 
+
+STUDENT_SEED_OFFSET = 1  # baseline and distilled student start from the same weights
+
+
+def train_baseline(session: Session) -> tuple[nn.Module, StageResult]:
+    """The student alone, on the same data, epochs and optimiser (its own lr if the recipe gives one)."""
+    recipe = session.recipe
+    seed = recipe.seed + STUDENT_SEED_OFFSET
+    return session.stage("baseline", recipe.student, seed, recipe.baseline_train_config(), session.transfer)
+
+
+def train_student(session: Session, teacher: nn.Module | None) -> tuple[nn.Module, StageResult]:
+    recipe, data = session.recipe, session.data
+
+    def peer(k: int) -> nn.Module:  # co-distillation's extra students, each from its own initial weights
+        return session.build(recipe.student.model_copy(update={"pretrained": False, "checkpoint": None}),
+                             recipe.seed + 1 + 100 * k)  # fmt: skip
+
+    def method_for(model: nn.Module):
+        return build_method(
+            recipe.distill, model, teacher, in_chans=data.in_chans, image_size=data.image_size, new_student=peer
+        )
+
+    seed = recipe.seed + STUDENT_SEED_OFFSET
+    return session.stage("student", recipe.student, seed, recipe.distill, session.transfer, method_for)
+
+
+def teacher_cache_decision(recipe: Recipe, method, data: DataBundle) -> tuple[bool, str]:
+    """Whether to compute the teacher's outputs once instead of every step, and why. Only a frozen teacher
+    that sees each training image the same way every time can be cached (never ProKT's, which trains)."""
+    wanted = getattr(recipe.distill, "cache_teacher", "off")
+    if not isinstance(method, FrozenTeacherMethod):
+        return False, f"method {recipe.distill.method} has no frozen teacher"
+    if wanted == "off":
+        return False, "distill.cache_teacher: off"
+    if has_random_augmentation(recipe.data):
+        return False, "random augmentation: the teacher would see other pixels than the cached ones"
+    needed = method.teacher_cache_bytes(len(data.train), data.in_chans, data.image_size)
+    if needed > TEACHER_CACHE_LIMIT:
+        if wanted == "on":
+            raise RecipeError(
+                f"distill.cache_teacher: on needs {needed / 2**30:,.1f} GiB for {len(data.train):,} images "
+                f"(limit {TEACHER_CACHE_LIMIT / 2**30:,.1f} GiB); use auto or off"
+            )
+        return False, f"it would need {needed / 2**30:,.1f} GiB"
+    size = f"{needed / 2**20:,.1f} MiB" if needed >= 2**20 else f"{needed / 2**10:,.1f} KiB"
+    return True, f"frozen teacher, no random augmentation; {size} of float16 outputs"
+
+
+TEACHER_CACHE_LIMIT = 4 * 2**30
+
+
+def summarise(
+    session: Session, results: dict[str, Any], *, teacher_results: list | None, started: float
+) -> dict[str, Any]:
+    recipe, data = session.recipe, session.data
     summary: dict[str, Any] = {
         "recipe": recipe.name,
         "method": recipe.distill.method,
@@ -261,15 +356,17 @@ def _distill(
         "in_chans": data.in_chans,
         "num_classes": data.num_classes,
         "test_images": len(data.test),
-        "train_images": {"teacher": len(data.train), "students": len(transfer.train)},
-        "device": runtime.device.type,
+        "train_images": {"teacher": len(data.train), "students": len(session.transfer.train)},
+        "device": session.runtime.device.type,
+        "processes": session.world.size,
     }
     if recipe.distill.method == "codistill":  # a finished run resumed: keep what was measured then
-        previous = run_dir / "summary.json"
-        community = community or (
+        previous = session.run.summary
+        community = session.community or (
             json.loads(previous.read_text()).get("codistillation", {}) if previous.is_file() else {}
         )
         summary["codistillation"] = community
+    single = len(recipe.teachers) == 1
     teacher_name = (
         "–"
         if not recipe.teachers
@@ -286,17 +383,18 @@ def _distill(
             "val_accuracy": result.val_accuracy,
             "epochs": result.epochs,
             "seconds": round(result.seconds, 1),
+            "teacher_cache_seconds": round(result.teacher_cache_seconds, 2),
         }
-    if not single:
+    if teacher_results:
         summary["teachers"] = [
-            {"model": c.model, "accuracy": r.test_accuracy} for c, (_, r) in zip(recipe.teachers, teachers, strict=True)
+            {"model": c.model, "accuracy": r.test_accuracy}
+            for c, (_, r) in zip(recipe.teachers, teacher_results, strict=True)
         ]
-    if excluded:
-        summary["excluded_classes"] = {"classes": excluded, **correction}
+    if recipe.data.exclude_classes:
+        summary["excluded_classes"] = {"classes": recipe.data.exclude_classes, **session.corrections}
     if "baseline" in summary:
         summary["kd_gain"] = round(summary["student"]["accuracy"] - summary["baseline"]["accuracy"], 6)
     summary["wall_seconds"] = round(time.perf_counter() - started, 1)
-    atomic_save(json.dumps(summary, indent=2) + "\n", run_dir / "summary.json")
     return summary
 
 

@@ -35,8 +35,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from edgekd.data import DataBundle, make_loader
+from edgekd.data import Batches, DataBundle
+from edgekd.distributed import World
 from edgekd.errors import EdgeKDError, RunDirError
 from edgekd.methods.base import DistillMethod
 from edgekd.recipe import TrainConfig
@@ -84,6 +86,7 @@ class StageResult:
     test_loss: float
     seconds: float
     epochs: int
+    teacher_cache_seconds: float = 0.0  # computing the cached teacher outputs (part of `seconds`)
 
 
 # ---------------------------------------------------------------- files
@@ -183,7 +186,8 @@ def build_optimizer(parameters: list[nn.Parameter], config: TrainConfig) -> torc
             nesterov=config.nesterov,
             weight_decay=config.weight_decay,
         )
-    return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    # fused: one kernel for all parameters instead of a Python loop over them (~10 % of a small student's step).
+    return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay, fused=True)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
@@ -207,7 +211,7 @@ def evaluate(model: nn.Module, loader: Iterable, runtime: Runtime) -> tuple[floa
     """(mean cross-entropy, top-1 accuracy) in eval mode."""
     model.eval()
     loss_sum, correct, seen = torch.zeros(()), torch.zeros((), dtype=torch.long), 0
-    for images, labels in loader:
+    for images, labels, *_ in loader:  # Batches also yield the samples' indices
         images, labels = runtime.batch(images, labels)
         with runtime.autocast():
             logits = model(images)
@@ -223,7 +227,7 @@ def recalibrate_batchnorm(model: nn.Module, loader: Iterable, runtime: Runtime) 
     from torch.optim.swa_utils import update_bn
 
     with runtime.autocast():
-        update_bn((runtime.batch(images, labels)[0] for images, labels in loader), model)
+        update_bn((runtime.batch(images, labels)[0] for images, labels, *_ in loader), model)
     model.eval()
 
 
@@ -253,19 +257,29 @@ def train_stage(
     metrics: MetricsLog,
     resume: bool,
     console: Console,
+    world: World | None = None,
+    teacher_cache: bool = False,
 ) -> StageResult:
-    """Train `method.student` (and whatever else the method trains) for `config.epochs` epochs."""
+    """Train `method.student` (and whatever else the method trains) for `config.epochs` epochs.
+
+    The step does only what training needs: no per-step `.item()` (losses and accuracy accumulate as
+    tensors and are read a few times a second for the progress line), no per-sample Python for in-memory
+    data, and, with `teacher_cache`, no teacher forward (its outputs were computed once). Under torchrun
+    the method is wrapped in DistributedDataParallel, which synchronises the parameters that require a
+    gradient (never the frozen teacher's); rank 0 alone prints and writes."""
+    world = world or World()
     method = runtime.place(method)
     modules = method.trainable_modules()
     parameters = [p for module in modules.values() for p in module.parameters() if p.requires_grad]
     optimizer = build_optimizer(parameters, config)
-    steps_per_epoch = len(make_loader(data.train, batch_size, train=True))
+    per_rank_batch = max(batch_size // world.size, 1)
+    steps_per_epoch = len(Batches(data.train, per_rank_batch, shuffle=True, rank=world.rank, world=world.size))
     if steps_per_epoch == 0:
         raise EdgeKDError(f"stage '{stage}': the training split is empty; use more data or smaller splits")
     scheduler = build_scheduler(optimizer, config, steps_per_epoch)
     scaler = torch.amp.GradScaler(enabled=runtime.amp and runtime.device.type == "cuda")
     checkpoint_path = checkpoint_dir / f"{stage}.last.pt"
-    val_loader = make_loader(data.val, batch_size, train=False, workers=workers)
+    val_batches = Batches(data.val, batch_size, shuffle=False, workers=workers)
 
     start_epoch, seconds_before = 1, 0.0
     if resume and checkpoint_path.is_file():
@@ -277,9 +291,14 @@ def train_stage(
         method.load_extra_state(state["extra"])
         start_epoch, seconds_before = state["epoch"] + 1, state["seconds"]
         console.print(f"[dim]{stage}: resuming after epoch {state['epoch']}[/dim]")
-    metrics.truncate(stage, start_epoch - 1)
+    if world.main:
+        metrics.truncate(stage, start_epoch - 1)
+    trainer = (
+        DistributedDataParallel(method, find_unused_parameters=method.skips_parameters) if world.distributed else method
+    )
 
     started = time.perf_counter()
+    cache_seconds = 0.0
     columns = (
         TextColumn("{task.description}"),
         BarColumn(bar_width=20),
@@ -290,103 +309,163 @@ def train_stage(
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=console) as progress:
+        if teacher_cache and start_epoch <= config.epochs:
+            cache_started = time.perf_counter()
+            eval_batches = Batches(data.train_eval, batch_size, shuffle=False, rank=world.rank, world=world.size)
+            method.build_teacher_cache(
+                tracked(eval_batches, progress, f"{stage:>8} teacher outputs", len(eval_batches)),
+                len(data.train_eval),
+                runtime,
+                world,
+            )
+            cache_seconds = time.perf_counter() - cache_started  # counted in the stage's training time
         for epoch in range(start_epoch, config.epochs + 1):
             # Seeding per epoch makes a resumed run draw the same shuffles and augmentations.
             torch.manual_seed(seed * 1_000_003 + epoch)
-            loader = make_loader(data.train, batch_size, train=True, seed=seed * 1_000_003 + epoch, workers=workers)
-            task = progress.add_task(f"{stage:>8} {epoch:>3}/{config.epochs}", total=len(loader), status="")
+            batches = Batches(
+                data.train,
+                per_rank_batch,
+                shuffle=True,
+                seed=seed * 1_000_003 + epoch,
+                workers=workers,
+                rank=world.rank,
+                world=world.size,
+            )
+            task = progress.add_task(f"{stage:>8} {epoch:>3}/{config.epochs}", total=len(batches), status="")
             method.train()
             method.start_epoch(epoch, config.epochs)
-            sums: dict[str, float] = {}
-            correct, seen, epoch_started = 0, 0, time.perf_counter()
-            for step, (images, labels) in enumerate(loader):
+            running = _Running()
+            epoch_started = last_shown = time.perf_counter()
+            for step, (images, labels, index) in enumerate(batches):
                 images, labels = runtime.batch(images, labels)
                 with runtime.autocast():
-                    logits, losses = method(images, labels)
+                    logits, losses = trainer(images, labels, index)
                 loss = sum(losses.values())
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"stage '{stage}': the loss became {loss.item()} at epoch {epoch}, step {step}; "
-                        f"lower the lr (now {config.lr}) or check the data"
-                    )
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
-                for name, value in losses.items():
-                    sums[name] = sums.get(name, 0.0) + value.item() * len(labels)
-                correct += (logits.argmax(1) == labels).sum().item()
-                seen += len(labels)
-                images_per_second = seen / (time.perf_counter() - epoch_started)
-                progress.update(
-                    task,
-                    advance=1,
-                    status=f"loss {sum(sums.values()) / seen:.3f}  "
-                    f"acc {correct / seen:.1%}  {images_per_second:,.0f} img/s",
-                )
+                running.add(losses, logits, labels)
+                now = time.perf_counter()
+                if now - last_shown > 0.25 or step == len(batches) - 1:  # reading the sums costs a sync
+                    last_shown = now
+                    running.check_finite(stage, epoch, step, config.lr)
+                    progress.update(
+                        task,
+                        completed=step + 1,
+                        status=f"loss {running.loss:.3f}  acc {running.accuracy:.1%}  "
+                        f"{running.seen / (now - epoch_started):,.0f} img/s",
+                    )
             epoch_seconds = time.perf_counter() - epoch_started
+            running.check_finite(stage, epoch, len(batches) - 1, config.lr)
             progress.update(task, visible=False)
-            val_loss, val_accuracy = (
-                evaluate(
+            val_loss, val_accuracy = (math.nan, math.nan)
+            if len(data.val) and world.main:
+                val_loss, val_accuracy = evaluate(
                     method.student,
-                    tracked(val_loader, progress, f"{stage:>8} {epoch:>3}/{config.epochs} validating", len(val_loader)),
+                    tracked(
+                        val_batches, progress, f"{stage:>8} {epoch:>3}/{config.epochs} validating", len(val_batches)
+                    ),
                     runtime,
                 )
-                if len(data.val)
-                else (math.nan, math.nan)
-            )
             row = {
                 "stage": stage,
                 "epoch": epoch,
                 "lr": optimizer.param_groups[0]["lr"],
-                "train_loss": sum(sums.values()) / seen,
-                **{f"loss_{name}": value / seen for name, value in sums.items()},
-                "train_accuracy": correct / seen,
+                "train_loss": running.loss,
+                **{f"loss_{name}": value for name, value in running.per_term().items()},
+                "train_accuracy": running.accuracy,
                 "val_loss": val_loss,
                 "val_accuracy": val_accuracy,
-                "images_per_second": seen / epoch_seconds,
+                "images_per_second": running.seen * world.size / epoch_seconds,
                 "epoch_seconds": epoch_seconds,
             }
-            metrics.add({key: round(value, 6) if isinstance(value, float) else value for key, value in row.items()})
-            # One permanent line per epoch, so logs and pipes see progress too (the live bar is terminal-only).
             progress.remove_task(task)
-            progress.console.print(
-                f"{stage:>8} {epoch:>3}/{config.epochs}  loss {row['train_loss']:.3f}  "
-                f"acc {row['train_accuracy']:.1%}  val {val_accuracy:.1%}  "
-                f"{row['images_per_second']:,.0f} img/s  {epoch_seconds:.1f} s",
-                highlight=False,
-            )
-            atomic_save(
-                {
-                    "epoch": epoch,
-                    "seconds": seconds_before + time.perf_counter() - started,
-                    "modules": {name: module.state_dict() for name, module in modules.items()},
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "extra": method.extra_state(),
-                },
-                checkpoint_path,
-            )
+            if world.main:
+                metrics.add({key: round(value, 6) if isinstance(value, float) else value for key, value in row.items()})
+                # One permanent line per epoch, so logs and pipes see progress too (the live bar is terminal-only).
+                shown_val = "–" if math.isnan(val_accuracy) else f"{val_accuracy:.1%}"
+                progress.console.print(
+                    f"{stage:>8} {epoch:>3}/{config.epochs}  loss {row['train_loss']:.3f}  "
+                    f"acc {row['train_accuracy']:.1%}  val {shown_val}  "
+                    f"{row['images_per_second']:,.0f} img/s  {epoch_seconds:.1f} s",
+                    highlight=False,
+                )
+                atomic_save(
+                    {
+                        "epoch": epoch,
+                        "seconds": seconds_before + time.perf_counter() - started,
+                        "modules": {name: module.state_dict() for name, module in modules.items()},
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "extra": method.extra_state(),
+                    },
+                    checkpoint_path,
+                )
+            world.barrier()  # nobody runs ahead of the checkpoint rank 0 writes
 
-        # Precise BN, then the final validation and test passes: minutes on a busy machine, so shown too.
-        statistics = make_loader(data.train_eval, batch_size, train=False, workers=workers)
+        if not world.all_equal(sum(float(p.detach().double().sum()) for p in method.student.parameters())):
+            raise TrainingError(f"stage '{stage}': the processes ended with different weights")
+        # Precise BN (every rank, on all the training images, so all end with the same statistics), then
+        # the final validation and test passes on rank 0: minutes on a busy machine, so shown too.
+        statistics = Batches(data.train_eval, batch_size, shuffle=False, workers=workers)
         recalibrate_batchnorm(
             method.student,
             tracked(statistics, progress, f"{stage:>8} BatchNorm statistics", len(statistics)),
             runtime,
         )
-        val_accuracy = (
-            evaluate(method.student, tracked(val_loader, progress, f"{stage:>8} validating", len(val_loader)), runtime)[
-                1
-            ]
-            if len(data.val)
-            else None
-        )
-        test_loader = make_loader(data.test, batch_size, train=False, workers=workers)
-        test_loss, test_accuracy = evaluate(
-            method.student, tracked(test_loader, progress, f"{stage:>8} testing", len(test_loader)), runtime
-        )
-    return StageResult(
-        stage, val_accuracy, test_accuracy, test_loss, seconds_before + time.perf_counter() - started, config.epochs
-    )
+        measured = None
+        if world.main:
+            val_accuracy = (
+                evaluate(
+                    method.student, tracked(val_batches, progress, f"{stage:>8} validating", len(val_batches)), runtime
+                )[1]
+                if len(data.val)
+                else None
+            )
+            test_batches = Batches(data.test, batch_size, shuffle=False, workers=workers)
+            test_loss, test_accuracy = evaluate(
+                method.student, tracked(test_batches, progress, f"{stage:>8} testing", len(test_batches)), runtime
+            )
+            measured = (val_accuracy, test_accuracy, test_loss)
+        val_accuracy, test_accuracy, test_loss = world.broadcast(measured)
+    method.drop_teacher_cache()
+    seconds = seconds_before + time.perf_counter() - started
+    return StageResult(stage, val_accuracy, test_accuracy, test_loss, seconds, config.epochs, cache_seconds)
+
+
+class _Running:
+    """An epoch's loss terms and accuracy, summed as tensors (reading them is a device sync)."""
+
+    def __init__(self):
+        self.terms: dict[str, torch.Tensor] = {}
+        self.correct = torch.zeros((), dtype=torch.long)
+        self.seen = 0
+
+    @torch.no_grad()
+    def add(self, losses: dict[str, torch.Tensor], logits: torch.Tensor, labels: torch.Tensor) -> None:
+        for name, value in losses.items():
+            weighted = value.detach().float() * len(labels)
+            self.terms[name] = self.terms[name] + weighted if name in self.terms else weighted
+        self.correct = self.correct + (logits.argmax(1) == labels).sum().cpu()
+        self.seen += len(labels)
+
+    def per_term(self) -> dict[str, float]:
+        return {name: value.item() / max(self.seen, 1) for name, value in self.terms.items()}
+
+    @property
+    def loss(self) -> float:
+        return sum(self.per_term().values())
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct.item() / max(self.seen, 1)
+
+    def check_finite(self, stage: str, epoch: int, step: int, lr: float) -> None:
+        loss = self.loss
+        if not math.isfinite(loss):
+            raise TrainingError(
+                f"stage '{stage}': the loss became {loss} at epoch {epoch} (by step {step}); "
+                f"lower the lr (now {lr}) or check the data"
+            )

@@ -140,6 +140,18 @@ CASES = [
     ("cuda without a gpu", edit(device="cuda"), DISTILL, "torch sees no CUDA device"),
     ("unknown dataset", edit(data__dataset="mnist"), DISTILL, "did you mean 'mnist5k'"),
     ("channels 2", edit(data__channels=2), DISTILL, "'data.channels' is 2"),
+    (
+        "cache with random augmentation",
+        edit(distill__cache_teacher="on", data__augmentation={"horizontal_flip": True}),
+        DISTILL,
+        "data.augmentation is random",
+    ),
+    (
+        "cache with prokt",
+        edit(distill={"method": "prokt", "epochs": 1, "lr": 0.01, "cache_teacher": "on"}),
+        DISTILL,
+        "ProKT trains its teacher",
+    ),
     # ---- data on disk
     (
         "imagefolder missing",

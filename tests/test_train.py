@@ -119,3 +119,47 @@ def test_a_real_full_disk_stops_the_run_in_one_line(tmp_path, tiny_recipe, write
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert len(lines) == 1 and f"no space left in {mount / 'run'}" in lines[0] and "MB free" in lines[0]
+
+
+def test_the_teacher_cache_leaves_the_student_bit_identical(tmp_path):
+    """Cached teacher outputs (computed once, in dataset order, in bigger batches) must be exactly what the
+    teacher computes step by step: the same student weights after two epochs, with or without the cache."""
+    import copy
+
+    from rich.console import Console
+
+    from edgekd.data import load_data
+    from edgekd.methods import KD
+    from edgekd.models import create_model
+    from edgekd.recipe import DataConfig, TrainConfig
+    from edgekd.train import train_stage
+
+    config = DataConfig(
+        dataset="synthetic", image_size=32, channels=1, synthetic={"num_classes": 4, "samples_per_class": 40}
+    )
+    data = load_data(config, seed=0)
+    runtime = Runtime.from_recipe("cpu", True, False)
+    torch.manual_seed(0)
+    teacher = create_model("resnet10t", num_classes=4, in_chans=1).eval()
+    students = {}
+    for cache in (False, True):
+        torch.manual_seed(1)
+        student = create_model("mobilenetv2_tiny", num_classes=4, in_chans=1)
+        method = KD(student, copy.deepcopy(teacher), temperature=4.0, w_ce=0.1, w_kd=0.9)
+        train_stage(
+            f"cache-{cache}",
+            method,
+            TrainConfig(epochs=2, lr=0.01),
+            data,
+            runtime,
+            seed=0,
+            batch_size=16,
+            workers=0,
+            checkpoint_dir=tmp_path / "checkpoints",
+            metrics=MetricsLog(tmp_path / "metrics.csv"),
+            resume=False,
+            console=Console(quiet=True),
+            teacher_cache=cache,
+        )
+        students[cache] = student.state_dict()
+    assert all(torch.equal(students[False][key], students[True][key]) for key in students[False])

@@ -41,16 +41,18 @@ class AttentionTransfer(FrozenTeacherMethod):
         temperature: float,
         p: float,
     ):
-        super().__init__(student, teacher)
         pairs = stages or [(i, i) for i in range(1, len(student.feature_info))]
+        teacher_indices = [stage_index(teacher, t) for _, t in pairs]
+        super().__init__(student, teacher, teacher_stages=teacher_indices)
         self.student_indices = [stage_index(student, s) for s, _ in pairs]
-        self.teacher_indices = [stage_index(teacher, t) for _, t in pairs]
+        self.teacher_indices = teacher_indices
         self.w_ce, self.w_at, self.w_kd, self.temperature, self.p = w_ce, w_at, w_kd, temperature, p
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor, index=None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         student_logits, student_features = logits_and_features(self.student, images, self.student_indices)
-        with torch.no_grad():
-            teacher_logits, teacher_features = logits_and_features(self.teacher, images, self.teacher_indices)
+        teacher_logits, teacher_features = self.teacher_outputs(images, index)
         at = sum(attention_loss(s, t, self.p) for s, t in zip(student_features, teacher_features, strict=True))
         losses = {"ce": self.w_ce * F.cross_entropy(student_logits, labels), "at": self.w_at * at}
         if self.w_kd:

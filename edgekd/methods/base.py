@@ -7,18 +7,27 @@ and its optimiser) exposes it through `extra_state` / `load_extra_state` for che
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
+from edgekd.methods.features import logits_and_features
+
 
 class DistillMethod(nn.Module):
+    # DDP must look for parameters a step leaves unused (a stage that trains only part of the model).
+    skips_parameters = False
+
     def __init__(self, student: nn.Module):
         super().__init__()
         self.student = student
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """`index`: the batch's positions in the training set (what a teacher cache is keyed by)."""
         raise NotImplementedError
 
     def start_epoch(self, epoch: int, epochs: int) -> None:
@@ -35,19 +44,71 @@ class DistillMethod(nn.Module):
     def load_extra_state(self, state: dict[str, Any]) -> None:
         del state
 
+    def build_teacher_cache(self, batches: Iterable, count: int, runtime, world) -> None:
+        raise NotImplementedError(f"{type(self).__name__} has no frozen teacher to cache")
+
+    def drop_teacher_cache(self) -> None:
+        pass
+
+
+def _stored(tensor: torch.Tensor) -> torch.Tensor:
+    """Teacher outputs as the cache keeps them (float16), on every path, so that caching never changes
+    a result; float16 is ample for logits and feature targets. Also turns inference tensors into
+    ordinary ones, which autograd may save."""
+    return tensor.to(torch.float16).float()
+
 
 class FrozenTeacherMethod(DistillMethod):
-    """A method whose teacher only gives targets: frozen, always in eval mode, run under no_grad."""
+    """A method whose teacher only gives targets: frozen, always in eval mode, run under inference mode,
+    or not run at all when its outputs for every training image were cached once."""
 
-    def __init__(self, student: nn.Module, teacher: nn.Module):
+    def __init__(self, student: nn.Module, teacher: nn.Module, teacher_stages: list[int] | None = None):
         super().__init__(student)
         self.teacher = teacher.eval().requires_grad_(False)
+        self.teacher_stages = teacher_stages or []  # the feature stages the loss reads (hints, AT)
+        self._cache: tuple[torch.Tensor, list[torch.Tensor]] | None = None
 
     def train(self, mode: bool = True) -> FrozenTeacherMethod:
         super().train(mode)
         self.teacher.eval()
         return self
 
-    @torch.no_grad()
-    def teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
-        return self.teacher(images)
+    def teacher_outputs(
+        self, images: torch.Tensor, index: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(logits, features at `teacher_stages`) for the batch: from the cache when there is one."""
+        if self._cache is not None and index is not None:
+            logits, features = self._cache
+            device = images.device
+            return logits[index].to(device).float(), [f[index].to(device).float() for f in features]
+        with torch.inference_mode():
+            if self.teacher_stages:
+                logits, features = logits_and_features(self.teacher, images, self.teacher_stages)
+            else:
+                logits, features = self.teacher(images), []
+        return _stored(logits), [_stored(f) for f in features]
+
+    def teacher_logits(self, images: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        return self.teacher_outputs(images, index)[0]
+
+    def build_teacher_cache(self, batches: Iterable, count: int, runtime, world) -> None:
+        """The teacher's outputs for every training image (unaugmented, in dataset order), kept in
+        memory; under torchrun each rank computes a slice and they share the rest."""
+        rows: list[tuple[torch.Tensor, list[torch.Tensor]]] = []
+        for images, labels, _ in batches:
+            logits, features = self.teacher_outputs(runtime.batch(images, labels)[0])
+            rows.append((logits.half().cpu(), [f.half().cpu() for f in features]))
+        logits = world.gather_rows(torch.cat([r[0] for r in rows]), count)
+        features = [
+            world.gather_rows(torch.cat([r[1][i] for r in rows]), count) for i in range(len(self.teacher_stages))
+        ]
+        self._cache = (logits, features)
+
+    def drop_teacher_cache(self) -> None:
+        self._cache = None
+
+    def teacher_cache_bytes(self, count: int, in_chans: int, image_size: int) -> int:
+        """What caching would hold in memory for `count` images (float16)."""
+        probe = torch.zeros(1, in_chans, image_size, image_size, device=next(self.teacher.parameters()).device)
+        logits, features = self.teacher_outputs(probe)
+        return 2 * count * (logits[0].numel() + sum(f[0].numel() for f in features))

@@ -42,7 +42,9 @@ class CoDistillation(DistillMethod):
     def trainable_modules(self) -> dict[str, nn.Module]:
         return {"student": self.student, **{f"peer_{k}": peer for k, peer in enumerate(self.peers, start=1)}}
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor, index=None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = [student(images) for student in self.students]
         losses = {"ce": self.w_ce * sum(F.cross_entropy(z, labels) for z in logits)}
         if self.distilling:

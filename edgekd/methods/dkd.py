@@ -57,9 +57,11 @@ class DKD(FrozenTeacherMethod):
     def start_epoch(self, epoch: int, epochs: int) -> None:
         self.warmup = min(epoch / self.warmup_epochs, 1.0) if self.warmup_epochs > 0 else 1.0
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor, index=None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         student_logits = self.student(images)
-        tckd, nckd = dkd_terms(student_logits, self.teacher_logits(images), labels, self.temperature)
+        tckd, nckd = dkd_terms(student_logits, self.teacher_logits(images, index), labels, self.temperature)
         return student_logits, {
             "ce": self.w_ce * F.cross_entropy(student_logits, labels),
             "tckd": self.warmup * self.alpha * tckd,

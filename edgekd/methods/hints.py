@@ -53,15 +53,16 @@ class Hints(FrozenTeacherMethod):
         stagewise: bool,
         hint_epochs: int,
     ):
-        super().__init__(student, teacher)
-        self.student_index = stage_index(student, student_stage)
-        self.teacher_index = stage_index(teacher, teacher_stage)
+        student_index, teacher_index = stage_index(student, student_stage), stage_index(teacher, teacher_stage)
+        super().__init__(student, teacher, teacher_stages=[teacher_index])
+        self.student_index, self.teacher_index = student_index, teacher_index
         student_shape = feature_shapes(student, [self.student_index], in_chans, image_size)[0]
         teacher_shape = feature_shapes(teacher, [self.teacher_index], in_chans, image_size)[0]
         self.connector = Connector(student_shape, teacher_shape)
         self.w_ce, self.w_hint, self.w_kd, self.temperature = w_ce, w_hint, w_kd, temperature
         self.stagewise, self.hint_epochs = stagewise, hint_epochs
         self.hint_only = False
+        self.skips_parameters = stagewise  # the hint-only epochs leave the student's head unused
 
     def start_epoch(self, epoch: int, epochs: int) -> None:
         self.hint_only = self.stagewise and epoch <= self.hint_epochs
@@ -69,10 +70,11 @@ class Hints(FrozenTeacherMethod):
     def trainable_modules(self) -> dict[str, nn.Module]:
         return {"student": self.student, "connector": self.connector}
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor, index=None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         student_logits, (student_features,) = logits_and_features(self.student, images, [self.student_index])
-        with torch.no_grad():
-            teacher_logits, (teacher_features,) = logits_and_features(self.teacher, images, [self.teacher_index])
+        teacher_logits, (teacher_features,) = self.teacher_outputs(images, index)
         hint = self.w_hint * F.mse_loss(self.connector(student_features), teacher_features)
         if self.hint_only:
             return student_logits, {"hint": hint}

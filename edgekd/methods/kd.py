@@ -29,9 +29,11 @@ class KD(FrozenTeacherMethod):
         super().__init__(student, teacher)
         self.temperature, self.w_ce, self.w_kd = temperature, w_ce, w_kd
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor, index=None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         student_logits = self.student(images)
-        teacher_logits = self.teacher_logits(images)
+        teacher_logits = self.teacher_logits(images, index)
         return student_logits, {
             "ce": self.w_ce * F.cross_entropy(student_logits, labels),
             "kd": self.w_kd * kd_loss(student_logits, teacher_logits, self.temperature),

@@ -9,6 +9,8 @@ from edgekd.methods.base import DistillMethod
 
 
 class Plain(DistillMethod):
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor, index=None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = self.student(images)
         return logits, {"ce": F.cross_entropy(logits, labels)}

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgekd.distributed import World
 from edgekd.methods.base import DistillMethod
 from edgekd.methods.kd import kd_loss
 
@@ -51,6 +52,7 @@ class ProKT(DistillMethod):
         self.teacher_optimizer = teacher_optimizer or torch.optim.SGD(teacher.parameters(), lr=teacher_lr, momentum=0.9)
         self.kl_weight, self.temperature, self.w_ce = kl_weight, temperature, w_ce
         self.last_teacher_loss = torch.tensor(0.0)
+        self.world = World()  # set to the process group's under torchrun
 
     def _eval_logits(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         was_training = model.training
@@ -60,13 +62,16 @@ class ProKT(DistillMethod):
         model.train(was_training)
         return logits
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor, index=None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.training:
             student_targets = self._eval_logits(self.student, images)
             self.teacher.train()
             loss = teacher_loss(self.teacher(images), student_targets, labels, self.kl_weight)
             self.teacher_optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            self.world.average_gradients(self.teacher.parameters())  # under torchrun: one teacher on every rank
             self.teacher_optimizer.step()
             self.last_teacher_loss = loss.detach()
         teacher_logits = self._eval_logits(self.teacher, images)
