@@ -42,3 +42,44 @@ def write_recipe(tmp_path):
         return path
 
     return write
+
+
+# One real `edgekd run` (distil → export → bench → report) on scikit-learn's digits, shared by every
+# test that reads what it writes (test_run, test_export): training it once saves minutes per test run.
+# A student good enough to quantise within the checks (~95 %): a weak one (85 % after 6 epochs at lr
+# 0.02) loses points of int8 agreement, and the checks rightly fail it.
+DIGITS_RUN_RECIPE = {
+    "name": "digits-run",
+    "data": {"dataset": "digits", "image_size": 32, "channels": 1, "batch_size": 64},
+    "teacher": {"model": "resnet10t", "train": {"epochs": 3, "lr": 0.003}},
+    "distill": {"method": "kd", "epochs": 15, "lr": 0.05},
+    "baseline": {"enabled": True, "lr": 0.05},
+    "export": {"calibration_images": 300},
+    "bench": {"device": "cortex-m4", "budget": "latency=1s", "latency_seconds": 0.05},
+}
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory):
+    """(run directory, exit code, stdout, stderr) of `edgekd run DIGITS_RUN_RECIPE --strict`."""
+    import io
+    import sys
+    from contextlib import redirect_stderr, redirect_stdout
+    from types import SimpleNamespace
+
+    import yaml
+
+    from edgekd import cli
+
+    folder = tmp_path_factory.mktemp("digits")
+    recipe = folder / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(DIGITS_RUN_RECIPE, sort_keys=False))
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", ["edgekd", "run", str(recipe), "--out", str(folder / "run"), "--strict"])
+        try:
+            cli.main()
+            code = 0
+        except SystemExit as exit_info:
+            code = exit_info.code
+    return SimpleNamespace(path=folder / "run", code=code, out=out.getvalue(), err=err.getvalue())

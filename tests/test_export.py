@@ -10,18 +10,14 @@ import yaml
 
 from edgekd import cli
 from edgekd.exporters import c_array, tflite
-from edgekd.exporters.export import compare, compiled_model_length, export_run
+from edgekd.exporters.export import compare, compiled_model_length
 from edgekd.exporters.runtimes import LiteRTRunner
 from edgekd.models import create_model
-from edgekd.pipeline import distill
-from edgekd.recipe import parse_recipe
 
-EXPORT_RECIPE = {
+EXPORT_RECIPE = {  # for run directories made by hand (fake_run); the trained one is conftest's digits_run
     "name": "export-test",
     "data": {"dataset": "digits", "image_size": 32, "channels": 1, "batch_size": 64},
     "teacher": {"model": "resnet10t", "train": {"epochs": 3, "lr": 0.003}},
-    # A student good enough to quantise within the checks (~95 %); a weak one (85 % after 6 epochs at lr
-    # 0.02) loses 13 points of agreement in onnxruntime's int8, and the checks rightly fail it.
     "distill": {"method": "kd", "epochs": 15, "lr": 0.05},
     "baseline": {"enabled": False},
     "export": {"calibration_images": 300},
@@ -29,16 +25,19 @@ EXPORT_RECIPE = {
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    """A small but really trained student: random-init MobileNetV2 quantises badly on every path."""
-    run_dir = tmp_path_factory.mktemp("export") / "run"
-    distill(parse_recipe(EXPORT_RECIPE), run_dir)
-    return run_dir
+def exported_run(digits_run):
+    """The shared digits run (trained, exported with every format, benchmarked): read only."""
+    return digits_run.path, json.loads((digits_run.path / "artefacts" / "export.json").read_text())
 
 
-@pytest.fixture(scope="module")
-def exported_run(trained_run):
-    return trained_run, export_run(trained_run)
+@pytest.fixture
+def trained_run(digits_run, tmp_path):
+    """A copy of the shared run, for a test that changes it."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(digits_run.path, copy, ignore=shutil.ignore_patterns(".edgekd-lock", "build"))
+    return copy
 
 
 @pytest.mark.slow
