@@ -5,18 +5,17 @@ the int8 TFLite model against the device's budget. Writes report.json, report.md
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from rich.console import Console
 
 from edgekd.benchmarks import device as device_run
 from edgekd.benchmarks import firmware
 from edgekd.benchmarks import latency as latency_method
 from edgekd.benchmarks.compute import layer_macs, mcu_latency
+from edgekd.benchmarks.machine import machine_line
 from edgekd.benchmarks.memory import analyse
 from edgekd.benchmarks.profiles import Budget, Device
 from edgekd.benchmarks.report import (
@@ -35,78 +34,62 @@ from edgekd.benchmarks.report import (
     plot_training,
 )
 from edgekd.benchmarks.report import Device as DeviceRecord
-from edgekd.benchmarks.results import machine_line
-from edgekd.checks import Check, check, holds
-from edgekd.errors import CheckFailed, EdgeKDError
+from edgekd.checks import Check, check
+from edgekd.errors import EdgeKDError
+from edgekd.exporters.export import test_sample
+from edgekd.exporters.formats import FORMATS, device_format
 from edgekd.exporters.runtimes import ArtefactError, measure_arena, runner_for
-from edgekd.rundir import RunDir
+from edgekd.exporters.tflite import ConversionError
+from edgekd.rundir import ExportReport, RunDir
 
-RUNTIMES = {
-    "onnx": ["onnxruntime"],
-    "onnx-int8": ["onnxruntime"],
-    "tflite": ["litert-xnnpack"],
-    "tflite-int8": ["litert-xnnpack", "litert-reference", "tflite-micro"],
-}
 WINDOWS = 5  # MLPerf Tiny: five inputs, one window each
-DEVICE_FORMAT = "tflite-int8"
 MCU_RUNTIME_FOR_VERDICT = "tflm-cmsis-nn"
 TARGET_CHOICES = ("auto", "none", *firmware.TARGETS)
 
 
 def _artefact_format(path: Path) -> str:
-    """What a lone file is, from its contents."""
-    if path.suffix == ".onnx":
-        import onnx
-
-        try:
-            graph = onnx.load(str(path)).graph
-        except Exception:  # noqa: BLE001 - protobuf parse errors come in many kinds
-            raise ArtefactError(f"{path} is not an ONNX model") from None
-        return "onnx-int8" if any(node.op_type == "QuantizeLinear" for node in graph.node) else "onnx"
-    if path.suffix == ".tflite":
-        from edgekd.exporters.tflite import ConversionError, read_graph
-
-        try:
-            _, graph, _ = read_graph(path)
-        except ConversionError as exc:
-            raise ArtefactError(str(exc)) from None
-        return "tflite-int8" if graph.tensors[int(graph.inputs[0])].type == 9 else "tflite"
-    raise ArtefactError(f"{path}: not an artefact edgekd benchmarks (.onnx or .tflite), or a run directory")
+    """What a lone file is, from its contents: the first format that recognises it."""
+    if path.suffix not in (".onnx", ".tflite"):
+        raise ArtefactError(f"{path}: not an artefact edgekd benchmarks (.onnx or .tflite), or a run directory")
+    try:
+        found = next((name for name, entry in FORMATS if entry.recognise is not None and entry.recognise(path)), None)
+    except ConversionError as exc:
+        raise ArtefactError(str(exc)) from None
+    if found is None:
+        raise ArtefactError(f"{path}: no export format edgekd knows recognises it")
+    return found
 
 
-def _collect(
-    source: Path, test_count: int
-) -> tuple[list[tuple[str, Path]], dict, dict | None, tuple[np.ndarray, np.ndarray] | None]:
-    """(format, path) pairs, the export findings, the training summary, and test images with their
-    labels (None for a lone file)."""
+def _collect(source: Path) -> tuple[list[tuple[str, Path]], ExportReport | None, dict | None, tuple | None]:
+    """(format, path) pairs, the export findings, the training summary, and the test images with their
+    labels that the export kept (None for a lone file)."""
     if source.is_dir():
-        export_json = source / "artefacts" / "export.json"
-        if not export_json.is_file():
-            raise EdgeKDError(f"{source} has no artefacts/export.json; run `edgekd export {source}` first")
-        exported = json.loads(export_json.read_text())
+        run = RunDir(source)
+        if not run.export_json.is_file():
+            raise EdgeKDError(
+                f"{source} has no {run.export_json.relative_to(source)}; run `edgekd export {source}` first"
+            )
+        try:
+            exported = run.read_export()
+        except ValueError:
+            raise EdgeKDError(
+                f"{run.export_json} is from another edgekd version; run `edgekd export {source}`"
+            ) from None
         artefacts = [
-            (fmt, source / entry["path"])
-            for fmt, entry in exported["artefacts"].items()
-            if fmt in RUNTIMES and (source / entry["path"]).is_file()
+            (fmt, source / entry.path)
+            for fmt, entry in exported.artefacts.items()
+            if fmt in FORMATS and FORMATS.get(fmt).runtimes and (source / entry.path).is_file()
         ]
         if not artefacts:
             raise EdgeKDError(f"{source}: no exported model files found; run `edgekd export {source}`")
-        summary_path = source / "summary.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
-        return artefacts, exported, summary, _test_images(source, test_count)
+        summary = run.read_summary()
+        sample = test_sample(run)
+        if sample is None:
+            raise EdgeKDError(f"{source}: the export kept no test images; run `edgekd export {source}` again")
+        return artefacts, exported, summary, sample
     if not source.is_file():
         raise EdgeKDError(f"{source} does not exist; give a run directory or an .onnx/.tflite file")
-    return [(_artefact_format(source), source)], {}, None, None
-
-
-def _test_images(run_dir: Path, count: int) -> tuple[np.ndarray, np.ndarray]:
-    from edgekd.data import load_data
-    from edgekd.recipe import parse_recipe
-
-    recipe = parse_recipe(yaml.safe_load((run_dir / "recipe.yaml").read_text()), source=str(run_dir / "recipe.yaml"))
-    data = load_data(recipe.data, recipe.seed)
-    samples = [data.test[i] for i in range(min(count, len(data.test)))]
-    return np.stack([image.numpy() for image, _ in samples]), np.array([int(label) for _, label in samples])
+    return [(_artefact_format(source), source)], None, None, None
 
 
 def _inputs_for(runner, images: np.ndarray | None) -> list:
@@ -259,17 +242,13 @@ def verdict(
     return Verdict(artefact=artefact.format, passed=passed, constraints=constraints, checks=checks)
 
 
-def export_checks(exported: dict) -> list[Check]:
-    """Every check of an export.json, named by its artefact. Files from before checks carried numbers
-    count 1 for a pass and 0 for a failure."""
-    found = []
-    for fmt, entry in exported.get("artefacts", {}).items():
-        for item in entry.get("checks", []):
-            if "value" in item:
-                found.append(Check.model_validate({**item, "name": f"{fmt}: {item['name']}"}))
-            else:
-                found.append(holds(f"{fmt}: {item['name']}", item["passed"], item.get("detail", "")))
-    return found
+def export_checks(exported: ExportReport | None) -> list[Check]:
+    """Every check of export.json, named by its artefact."""
+    if exported is None:
+        return []
+    return [
+        c.model_copy(update={"name": f"{fmt}: {c.name}"}) for fmt, e in exported.artefacts.items() for c in e.checks
+    ]
 
 
 def bench(
@@ -279,7 +258,6 @@ def bench(
     *,
     latency_seconds: float = 1.0,
     out_dir: Path | None = None,
-    strict: bool = False,
     console: Console | None = None,
     target: str = "auto",
     device_images: int = 100,
@@ -292,7 +270,7 @@ def bench(
     lock = RunDir(source).locked() if source.is_dir() and RunDir(source).is_run else contextlib.nullcontext()
     with lock:
         return _bench(
-            source, device, budget, latency_seconds, out_dir, strict, console, target, run_target, skip_reason,
+            source, device, budget, latency_seconds, out_dir, console, target, run_target, skip_reason,
             device_images, tflm,
         )  # fmt: skip
 
@@ -303,7 +281,6 @@ def _bench(
     budget: Budget,
     latency_seconds: float,
     out_dir: Path | None,
-    strict: bool,
     console: Console,
     target: str,
     run_target: str | None,
@@ -311,33 +288,34 @@ def _bench(
     device_images: int,
     tflm: str | None,
 ) -> Report:
-    artefacts, exported, summary, test = _collect(source, max(WINDOWS, device_images))
+    artefacts, exported, summary, test = _collect(source)
     images, labels = test if test is not None else (None, None)
-    out = out_dir or (source if source.is_dir() else source.parent / f"{source.stem}-report")
+    out = out_dir or report_dir(source)
+    on_device = device_format()
     torch.set_num_threads(1)  # one thread, as on an MCU and in MLPerf Tiny
     records = []
     for fmt, path in artefacts:
         console.print(f"[bold]{fmt}[/bold] {path}")
-        found = exported.get("artefacts", {}).get(fmt, {}).get("results", {})
+        found = exported.artefacts[fmt].results if exported is not None and fmt in exported.artefacts else {}
         record = Artefact(
             format=fmt,
             path=str(path),
             bytes=path.stat().st_size,
-            accuracy={runtime: r["accuracy"] for runtime, r in found.items()},
-            agreement={runtime: r["agreement"] for runtime, r in found.items()},
+            accuracy={runtime: r.accuracy for runtime, r in found.items()},
+            agreement={runtime: r.agreement for runtime, r in found.items()},
         )
-        for runtime in RUNTIMES[fmt]:
+        for runtime in FORMATS.get(fmt).runtimes:
             runner = runner_for(path, runtime)
             measured = latency_method.measure(runner.invoke, _inputs_for(runner, images), min_seconds=latency_seconds)
             record.host_latency.append(
                 HostLatency(runtime=runtime, median_ms=measured.median_ms, p90_ms=measured.p90_ms, runs=measured.runs)
             )
             console.print(f"  host {runtime}: median {measured.median_ms:.3f} ms, p90 {measured.p90_ms:.3f} ms")
-        if fmt.startswith("tflite"):
-            record.sram, record.flash_bytes = _sram(path, int8=fmt == DEVICE_FORMAT)
+        if path.suffix == ".tflite":  # the graph analyses read TFLite flatbuffers
+            record.sram, record.flash_bytes = _sram(path, int8=fmt == on_device)
             layers = layer_macs(path)
             record.macs = sum(layer.macs for layer in layers if layer.op_class != "other")
-            if fmt == DEVICE_FORMAT:
+            if fmt == on_device:
                 record.mcu_latency = [
                     McuLatency(runtime=m.runtime, ms=m.ms, low_ms=m.low_ms, high_ms=m.high_ms, basis=m.basis)
                     for m in mcu_latency(layers, device)
@@ -358,32 +336,36 @@ def _bench(
         flash_bytes=budget.flash_bytes,
         latency_ms=budget.latency_ms,
     )
-    target = next((r for r in records if r.format == DEVICE_FORMAT), None)
+    target = next((r for r in records if r.format == on_device), None)
+    test_images = exported.test_images if exported is not None else None
     report = Report(
         source=str(source),
         machine=machine_line(),
         device=device_record,
         training=summary,
-        student_accuracy=exported.get("student", {}).get("accuracy"),
-        test_images=exported.get("test_images"),
+        student_accuracy=exported.student.accuracy if exported is not None else None,
+        test_images=test_images,
         artefacts=records,
-        verdict=verdict(target, budget, export_checks(exported), exported.get("test_images")) if target else None,
+        verdict=verdict(target, budget, export_checks(exported), test_images) if target else None,
     )
 
     out.mkdir(parents=True, exist_ok=True)
+    files = RunDir(out)  # the report goes into the run directory (or beside a lone artefact)
     plots = [
-        plot_training(source / "metrics.csv", out / "training.png") if source.is_dir() else None,
-        plot_tradeoffs(report, out / "tradeoffs.png"),
-        plot_memory(target, budget.sram_bytes, out / "memory.png") if target else None,
-        plot_device_layers(target, out / "device_layers.png") if target else None,
+        plot_training(files.metrics, files.plot("training")) if source.is_dir() else None,
+        plot_tradeoffs(report, files.plot("tradeoffs")),
+        plot_memory(target, budget.sram_bytes, files.plot("memory")) if target else None,
+        plot_device_layers(target, files.plot("device_layers")) if target else None,
     ]
     report.plots = [p.name for p in plots if p is not None]
-    (out / "report.json").write_text(report.model_dump_json(indent=2) + "\n")
-    (out / "report.md").write_text(markdown(report))
-    if strict and report.verdict is not None and not report.verdict.passed:
-        failed = "; ".join(c.name for c in report.verdict.failed)
-        raise CheckFailed(f"{report.verdict.artefact} on {device.name} fails: {failed} (see {out / 'report.md'})")
+    files.report_json.write_text(report.model_dump_json(indent=2) + "\n")
+    files.report_md.write_text(markdown(report))
     return report
+
+
+def report_dir(source: Path) -> Path:
+    """Where the report goes: into the run directory, or a folder beside a lone artefact."""
+    return source if source.is_dir() else source.parent / f"{source.stem}-report"
 
 
 def _on_device(
@@ -399,14 +381,14 @@ def _on_device(
     console: Console,
 ) -> DeviceRun:
     """Build and run the exported firmware project (or, for a lone .tflite, one made for it)."""
-    exported_project = source / "artefacts" / "mcu-project" if source.is_dir() else None
+    exported_project = RunDir(source).artefact(FORMATS.get("mcu-project").file) if source.is_dir() else None
     project = exported_project if exported_project is not None and exported_project.is_dir() else None
     run = device_run.measure(
         path,
         target,
         device,
         project=project,
-        build_root=out / "device",
+        build_root=RunDir(out).device,
         images=images,
         labels=labels,
         count=count,

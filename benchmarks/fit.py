@@ -17,7 +17,7 @@ from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedRes
 from torch import nn
 
 from edgekd.benchmarks.profiles import Budget
-from edgekd.models import create_model
+from edgekd.models import count_macs, create_model
 
 ALIGN = 16
 WIDTHS = (0.35, 0.5, 0.75, 1.0)
@@ -70,18 +70,6 @@ def _conv_output_shapes(model: nn.Module, in_chans: int, resolution: int) -> dic
     return shapes
 
 
-def _macs(shapes: dict[nn.Module, tuple[int, ...]]) -> int:
-    """Each output element of a conv costs (in/groups)·kh·kw MACs; a linear layer in·out."""
-    total = 0
-    for module, shape in shapes.items():
-        if isinstance(module, nn.Conv2d):
-            kh, kw = module.kernel_size
-            total += int(torch.tensor(shape).prod()) * module.in_channels // module.groups * kh * kw
-        else:
-            total += module.in_features * module.out_features
-    return total
-
-
 def simulate(model: nn.Module, in_chans: int, resolution: int) -> tuple[int, list[int], int]:
     """(activation peak in bytes, live bytes per op, MACs) of the int8 graph."""
     shapes = _conv_output_shapes(model, in_chans, resolution)
@@ -121,7 +109,7 @@ def simulate(model: nn.Module, in_chans: int, resolution: int) -> tuple[int, lis
     pooled = _aligned(shapes[model.conv_head][1])
     op(head, pooled)
     op(pooled, size(model.classifier))
-    return max(live_per_op), live_per_op, _macs(shapes)
+    return max(live_per_op), live_per_op, count_macs(model, in_chans, resolution)
 
 
 def estimate(

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import difflib
 import re
-from importlib import resources
 from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgekd.errors import EdgeKDError
+from edgekd.registry import Registry, bundled_files, did_you_mean
 
 OP_CLASSES = ("conv", "depthwise", "fully_connected", "other")
 
@@ -67,23 +66,31 @@ class Budget(BaseModel):
     accuracy: float | None = Field(None, description="the lowest test accuracy the device model may have")
 
 
+DEVICES: Registry[Path] = Registry("device", "edgekd.devices")
+"""Device profiles by name: the YAML files in edgekd/benchmarks/devices, and any a package registers
+(`register_device("my-board", path)` in a module named by an `edgekd.devices` entry point)."""
+for _name, _path in bundled_files("edgekd.benchmarks.devices").items():
+    DEVICES.register(_name, _path)
+
+
+def register_device(name: str, path: Path) -> None:
+    DEVICES.register(name, Path(path))
+
+
 def bundled_devices() -> dict[str, Path]:
-    folder = resources.files("edgekd.benchmarks.devices")
-    return {Path(e.name).stem: Path(str(e)) for e in folder.iterdir() if e.name.endswith(".yaml")}
+    return dict(DEVICES)
 
 
 def load_device(name_or_path: str) -> Device:
     path = Path(name_or_path)
     if not path.is_file():
-        bundled = bundled_devices()
-        if name_or_path not in bundled:
-            close = difflib.get_close_matches(name_or_path, list(bundled), n=1, cutoff=0.5)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
+        if name_or_path not in DEVICES:
+            names = DEVICES.names()
             raise DeviceError(
-                f"unknown device '{name_or_path}'{hint} (known: {', '.join(sorted(bundled))}; "
+                f"unknown device '{name_or_path}'{did_you_mean(name_or_path, names)} (known: {', '.join(names)}; "
                 "or give a profile YAML path)"
             )
-        path = bundled[name_or_path]
+        path = DEVICES.get(name_or_path)
     try:
         return Device.model_validate(yaml.safe_load(path.read_text()))
     except yaml.YAMLError as exc:

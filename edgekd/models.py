@@ -3,7 +3,6 @@ so it is just another timm name."""
 
 from __future__ import annotations
 
-import difflib
 import warnings
 from functools import partial
 from pathlib import Path
@@ -18,6 +17,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from edgekd.errors import ModelError
+from edgekd.registry import did_you_mean
 
 # timm's MobileNetV2 stages; MobileNetV2-Tiny scales their channels by 0.35 like mobilenetv2_035.
 _MOBILENETV2_ARCH = [
@@ -81,8 +81,7 @@ def mobilenetv2_tiny(pretrained: bool = False, width: float = 0.35, **kwargs: An
 def check_model_name(name: str) -> None:
     if timm.is_model(name):
         return
-    close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
-    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else "; `timm.list_models()` lists them"
+    hint = did_you_mean(name, timm.list_models(), n=3, cutoff=0.6) or "; `timm.list_models()` lists them"
     raise ModelError(f"unknown timm model '{name}'{hint}")
 
 

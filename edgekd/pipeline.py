@@ -1,13 +1,11 @@
-"""`edgekd distill`: teacher → baseline → distilled student, into one run directory.
-
-runs/<name>/ holds recipe.yaml (resolved), teacher.pt, baseline.pt, student.pt (edgekd weights files),
-metrics.csv, summary.json and checkpoints/ (the last epoch of each stage, for --resume).
-"""
+"""`edgekd distill`: teacher → baseline → distilled student, into one run directory (see
+edgekd.rundir for what it holds). Each stage is a function over a Session, so the benchmark suite
+can run one stage alone."""
 
 from __future__ import annotations
 
 import contextlib
-import json
+import importlib.util
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,15 +20,13 @@ from torch import nn
 
 from edgekd.data import Batches, DataBundle, has_random_augmentation, load_data, transfer_set
 from edgekd.distributed import World
+from edgekd.ensemble import TeacherEnsemble
 from edgekd.errors import EdgeKDError, RecipeError, RunDirError
-from edgekd.methods import Plain, ProKT, build_method
-from edgekd.methods.base import FrozenTeacherMethod
-from edgekd.methods.codistill import CoDistillation
-from edgekd.methods.ensemble import TeacherEnsemble
-from edgekd.methods.mythical import correct_excluded_bias
+from edgekd.methods import FrozenTeacherMethod, MethodContext, Plain, build_method
 from edgekd.models import check_model_name, count_macs, count_parameters, create_model, load_weights, probe_model
+from edgekd.mythical import correct_excluded_bias
 from edgekd.recipe import Recipe
-from edgekd.rundir import RunDir
+from edgekd.rundir import RunDir, StageSummary, Summary
 from edgekd.train import MetricsLog, Runtime, StageResult, atomic_save, evaluate, train_stage
 
 WEIGHTS_FORMAT = "edgekd.weights/1"
@@ -115,12 +111,21 @@ def _result_from_weights(stage: str, metadata: dict) -> StageResult:
 
 
 def distill(
-    recipe: Recipe, run_dir: Path, *, resume: bool = False, overwrite: bool = False, console: Console | None = None
-) -> dict[str, Any]:
+    recipe: Recipe,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    console: Console | None = None,
+    data: DataBundle | None = None,
+    teacher: nn.Module | None = None,
+) -> Summary:
     """Teacher(s), baseline, distilled student: trained (or, on --resume, reused) into `run_dir`.
 
-    Under torchrun every process trains its share of each batch; rank 0 alone holds the run directory's
-    lock, writes into it and prints."""
+    `data`: the recipe's data, when the caller has loaded it (or brought its own: data.dataset python);
+    `teacher`: a trained module to distil from, instead of the recipe's teacher section. Under torchrun
+    every process trains its share of each batch; rank 0 alone holds the run directory's lock, writes
+    into it and prints."""
     started = time.perf_counter()
     runtime = Runtime.from_recipe(recipe.device, recipe.channels_last, recipe.amp)
     world = World.from_environment(runtime.device.type)
@@ -128,9 +133,11 @@ def distill(
     if not world.main:
         console = Console(stderr=True, quiet=True)
     # Everything that can reject the input runs before the run directory is touched.
+    if recipe.log.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise RecipeError("log.tensorboard: true needs the tensorboard package: pip install 'edgekd[tensorboard]'")
     for model_config in [*recipe.teachers, recipe.student]:
         check_model_name(model_config.model)
-    data = load_data(recipe.data, recipe.seed)
+    data = data if data is not None else load_data(recipe.data, recipe.seed)
     transfer = transfer_set(data, recipe.data, recipe.seed)  # the teachers learn from all of `data`
     for model_config in [*recipe.teachers, recipe.student]:  # kwargs and checkpoints, before any file exists
         model = create_model(
@@ -154,7 +161,11 @@ def distill(
         refused = world.broadcast(refused)  # the other processes stop with rank 0's reason
         if refused is not None:
             raise refused
-        session = Session(recipe, run, data, transfer, runtime, world, console, MetricsLog(run.metrics), resume)
+        previous = run.read_summary() if resume and run.summary.is_file() else None
+        session = Session.open(recipe, run, data, console, resume=resume, world=world, transfer=transfer)
+        session.given_teacher = teacher
+        if previous is not None:  # a finished stage resumed keeps what its method measured then
+            session.method_results.update(previous.method_results)
         console.print(
             f"[bold]{recipe.name}[/bold]: {recipe.data.dataset} {data.image_size}×{data.image_size}×{data.in_chans}, "
             f"{data.num_classes} classes, {len(data.train)} train / {len(data.val)} val / {len(data.test)} test "
@@ -166,7 +177,7 @@ def distill(
         results["student"] = train_student(session, teacher)
         summary = summarise(session, results, teacher_results=results.pop("teachers", None), started=started)
         if world.main:
-            atomic_save(json.dumps(summary, indent=2) + "\n", run.summary)
+            atomic_save(summary.model_dump_json(indent=2) + "\n", run.summary)
         return summary
 
 
@@ -184,7 +195,29 @@ class Session:
     metrics: MetricsLog
     resume: bool
     corrections: dict[str, dict] = field(default_factory=dict)  # the mythical-digit bias shift, per student
-    community: dict[str, Any] = field(default_factory=dict)  # co-distillation's students and ensemble
+    method_results: dict[str, Any] = field(default_factory=dict)  # what the student's method measured itself
+    given_teacher: nn.Module | None = None  # handed in through the Python API
+
+    @classmethod
+    def open(
+        cls,
+        recipe: Recipe,
+        run: RunDir,
+        data: DataBundle,
+        console: Console,
+        *,
+        resume: bool = False,
+        world: World | None = None,
+        transfer: DataBundle | None = None,
+    ) -> Session:
+        """A session over a run directory that is ready to write (distill prepares it; the suite uses
+        a scratch folder)."""
+        runtime = Runtime.from_recipe(recipe.device, recipe.channels_last, recipe.amp)
+        world = world or World.from_environment(runtime.device.type)
+        transfer = transfer if transfer is not None else transfer_set(data, recipe.data, recipe.seed)
+        board = run.tensorboard if recipe.log.tensorboard and world.main else None
+        metrics = MetricsLog(run.metrics, tensorboard=board)
+        return cls(recipe, run, data, transfer, runtime, world, console, metrics, resume)
 
     def build(self, config, seed: int) -> nn.Module:
         torch.manual_seed(seed)
@@ -227,8 +260,6 @@ class Session:
         cache, reason = teacher_cache_decision(self.recipe, method, stage_data)
         if method_for is not None:
             self.console.print(f"[dim]{name}: teacher cache {'on' if cache else 'off'} ({reason})[/dim]")
-        if isinstance(method, ProKT):
-            method.world = self.world
         result = train_stage(
             name,
             method,
@@ -245,8 +276,9 @@ class Session:
             world=self.world,
             teacher_cache=cache,
         )
-        if isinstance(method, CoDistillation):
-            self.community.update(self._community(method))
+        if method.results_key is not None:
+            batches = Batches(self.data.test, self.recipe.data.batch_size, shuffle=False)
+            self.method_results[method.results_key] = method.results(batches, self.runtime)
         excluded = self.recipe.data.exclude_classes
         if excluded and name in ("baseline", "student"):
             self.corrections[name] = correct_excluded_bias(
@@ -263,19 +295,13 @@ class Session:
         self.world.barrier()
         return result
 
-    def _community(self, method: CoDistillation) -> dict[str, Any]:
-        batches = Batches(self.data.test, self.recipe.data.batch_size, shuffle=False)
-        accuracies = [evaluate(student, batches, self.runtime)[1] for student in method.students]
-        correct = 0
-        for images, labels, _ in batches:
-            images, labels = self.runtime.batch(images, labels)
-            correct += (method.ensemble_logits(images).argmax(1) == labels).sum().item()
-        return {"students": accuracies, "ensemble": correct / len(self.data.test)}
-
 
 def train_teachers(session: Session) -> tuple[nn.Module | None, dict[str, Any]]:
     """The teacher (or the ensemble of teachers) the student learns from; none for co-distillation."""
     recipe = session.recipe
+    if session.given_teacher is not None:
+        teacher = session.runtime.place(session.given_teacher.eval())
+        return teacher, {"teacher": (teacher, session.measure("teacher", teacher))}
     single = len(recipe.teachers) == 1
     teachers = [
         session.stage(
@@ -311,9 +337,8 @@ def train_student(session: Session, teacher: nn.Module | None) -> tuple[nn.Modul
                              recipe.seed + 1 + 100 * k)  # fmt: skip
 
     def method_for(model: nn.Module):
-        return build_method(
-            recipe.distill, model, teacher, in_chans=data.in_chans, image_size=data.image_size, new_student=peer
-        )
+        context = MethodContext(data.in_chans, data.image_size, new_student=peer, world=session.world)
+        return build_method(recipe.distill, model, teacher, context)
 
     seed = recipe.seed + STUDENT_SEED_OFFSET
     return session.stage("student", recipe.student, seed, recipe.distill, session.transfer, method_for)
@@ -321,7 +346,7 @@ def train_student(session: Session, teacher: nn.Module | None) -> tuple[nn.Modul
 
 def teacher_cache_decision(recipe: Recipe, method, data: DataBundle) -> tuple[bool, str]:
     """Whether to compute the teacher's outputs once instead of every step, and why. Only a frozen teacher
-    that sees each training image the same way every time can be cached (never ProKT's, which trains)."""
+    that sees each training image the same way every time can be cached (never one the method trains)."""
     wanted = getattr(recipe.distill, "cache_teacher", "off")
     if not isinstance(method, FrozenTeacherMethod):
         return False, f"method {recipe.distill.method} has no frozen teacher"
@@ -344,65 +369,65 @@ def teacher_cache_decision(recipe: Recipe, method, data: DataBundle) -> tuple[bo
 TEACHER_CACHE_LIMIT = 4 * 2**30
 
 
-def summarise(
-    session: Session, results: dict[str, Any], *, teacher_results: list | None, started: float
-) -> dict[str, Any]:
+def summarise(session: Session, results: dict[str, Any], *, teacher_results: list | None, started: float) -> Summary:
     recipe, data = session.recipe, session.data
-    summary: dict[str, Any] = {
-        "recipe": recipe.name,
-        "method": recipe.distill.method,
-        "dataset": recipe.data.dataset,
-        "image_size": data.image_size,
-        "in_chans": data.in_chans,
-        "num_classes": data.num_classes,
-        "test_images": len(data.test),
-        "train_images": {"teacher": len(data.train), "students": len(session.transfer.train)},
-        "device": session.runtime.device.type,
-        "processes": session.world.size,
-    }
-    if recipe.distill.method == "codistill":  # a finished run resumed: keep what was measured then
-        previous = session.run.summary
-        community = session.community or (
-            json.loads(previous.read_text()).get("codistillation", {}) if previous.is_file() else {}
-        )
-        summary["codistillation"] = community
     single = len(recipe.teachers) == 1
     teacher_name = (
-        "–"
+        type(session.given_teacher).__name__
+        if session.given_teacher is not None
+        else "–"
         if not recipe.teachers
         else recipe.teachers[0].model
         if single
         else (f"{recipe.distill.ensemble} ensemble of " + " + ".join(c.model for c in recipe.teachers))
     )
-    for name, (model, result) in results.items():
-        summary[name] = {
-            "model": teacher_name if name == "teacher" else recipe.student.model,
-            "parameters": count_parameters(model),
-            "macs": count_macs(model, data.in_chans, data.image_size),
-            "accuracy": result.test_accuracy,
-            "val_accuracy": result.val_accuracy,
-            "epochs": result.epochs,
-            "seconds": round(result.seconds, 1),
-            "teacher_cache_seconds": round(result.teacher_cache_seconds, 2),
-        }
-    if teacher_results:
-        summary["teachers"] = [
+    stages = {
+        name: StageSummary(
+            model=teacher_name if name == "teacher" else recipe.student.model,
+            parameters=count_parameters(model),
+            macs=count_macs(model, data.in_chans, data.image_size),
+            accuracy=result.test_accuracy,
+            val_accuracy=result.val_accuracy,
+            epochs=result.epochs,
+            seconds=round(result.seconds, 1),
+            teacher_cache_seconds=round(result.teacher_cache_seconds, 2),
+        )
+        for name, (model, result) in results.items()
+    }
+    student, baseline = stages["student"], stages.get("baseline")
+    return Summary(
+        recipe=recipe.name,
+        method=recipe.distill.method,
+        dataset=recipe.data.dataset,
+        image_size=data.image_size,
+        in_chans=data.in_chans,
+        num_classes=data.num_classes,
+        test_images=len(data.test),
+        train_images={"teacher": len(data.train), "students": len(session.transfer.train)},
+        device=session.runtime.device.type,
+        processes=session.world.size,
+        teacher=stages.get("teacher"),
+        baseline=baseline,
+        student=student,
+        teachers=[
             {"model": c.model, "accuracy": r.test_accuracy}
             for c, (_, r) in zip(recipe.teachers, teacher_results, strict=True)
         ]
-    if recipe.data.exclude_classes:
-        summary["excluded_classes"] = {"classes": recipe.data.exclude_classes, **session.corrections}
-    if "baseline" in summary:
-        summary["kd_gain"] = round(summary["student"]["accuracy"] - summary["baseline"]["accuracy"], 6)
-    summary["wall_seconds"] = round(time.perf_counter() - started, 1)
-    return summary
+        if teacher_results
+        else None,
+        excluded_classes={"classes": recipe.data.exclude_classes, **session.corrections}
+        if recipe.data.exclude_classes
+        else None,
+        method_results=session.method_results,
+        kd_gain=round(student.accuracy - baseline.accuracy, 6) if baseline is not None else None,
+        wall_seconds=round(time.perf_counter() - started, 1),
+    )
 
 
-def summary_table(summary: dict[str, Any]) -> Table:
+def summary_table(summary: Summary) -> Table:
     # Fits an 80-column terminal: light borders, and only the model name may wrap.
     table = Table(
-        title=f"{summary['recipe']}: {summary['method']} on {summary['dataset']} "
-        f"({summary['test_images']} test images)",
+        title=f"{summary.recipe}: {summary.method} on {summary.dataset} ({summary.test_images} test images)",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
         collapse_padding=True,
@@ -417,27 +442,24 @@ def summary_table(summary: dict[str, Any]) -> Table:
             min_width=16 if column == "model" else None,
         )
     for name in STAGES:
-        if name not in summary:
+        row = getattr(summary, name)
+        if row is None:
             continue
-        row = summary[name]
-        val = "–" if row["val_accuracy"] is None else f"{row['val_accuracy']:.2%}"
         table.add_row(
             name,
-            row["model"],
-            f"{row['parameters'] / 1e6:.2f} M",
-            f"{row['macs'] / 1e6:.1f} M",
-            f"{row['accuracy']:.2%}",
-            val,
-            str(row["epochs"]),
-            f"{row['seconds']:.0f} s",
+            row.model,
+            f"{row.parameters / 1e6:.2f} M",
+            f"{row.macs / 1e6:.1f} M",
+            f"{row.accuracy:.2%}",
+            "–" if row.val_accuracy is None else f"{row.val_accuracy:.2%}",
+            str(row.epochs),
+            f"{row.seconds:.0f} s",
         )
     notes = []
-    if "kd_gain" in summary:
-        notes.append(f"distillation gain over the baseline: {summary['kd_gain'] * 100:+.2f} points")
-    train_images = summary.get("train_images", {})
-    if train_images and train_images["students"] != train_images["teacher"]:
-        notes.append(
-            f"the students learn from {train_images['students']:,} of {train_images['teacher']:,} training images"
-        )
+    if summary.kd_gain is not None:
+        notes.append(f"distillation gain over the baseline: {summary.kd_gain * 100:+.2f} points")
+    images = summary.train_images
+    if images and images["students"] != images["teacher"]:
+        notes.append(f"the students learn from {images['students']:,} of {images['teacher']:,} training images")
     table.caption = "; ".join(notes) or None
     return table

@@ -2,26 +2,46 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 import types
 import typing
-from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
+from edgekd.config import DistillSettings, StrictModel, TrainConfig
 from edgekd.errors import RecipeError
+from edgekd.registry import bundled_files, did_you_mean
 
-DATASETS = ("digits", "mnist5k", "imagefolder", "cifar10", "cifar100", "synthetic")
-FORMATS = ("onnx", "onnx-int8", "tflite", "tflite-int8", "c-array", "mcu-project")
+__all__ = ["DataConfig", "DistillSettings", "Recipe", "StrictModel", "TrainConfig", "load_recipe", "parse_recipe"]
 
 
-class StrictModel(BaseModel):
-    # inf and nan parse as YAML floats (.inf, .nan) but would only fail hours later, as a NaN loss.
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
+def _registered(kind: str, value: str, where: str = "") -> str:
+    """`value`, if the registry of `kind` (dataset, format, method) has it; the error lists the known
+    names. `where`: the key to name in the error, when pydantic's location is not it."""
+    from edgekd.data import DATASETS
+    from edgekd.exporters.formats import FORMATS
+    from edgekd.methods import METHODS
+
+    registry = {"dataset": DATASETS, "format": FORMATS, "method": METHODS}[kind]
+    if value not in registry:
+        names = registry.names()
+        raise PydanticCustomError(
+            "unknown_name", "{got}; expected one of {names}{hint}",
+            {"got": repr(value), "names": ", ".join(names), "hint": did_you_mean(str(value), names), "where": where},
+        )  # fmt: skip
+    return value
 
 
 class Splits(StrictModel):
@@ -56,7 +76,7 @@ class SyntheticData(StrictModel):
 
 
 class DataConfig(StrictModel):
-    dataset: Literal[DATASETS]
+    dataset: str = Field(description="a registered dataset (`edgekd list datasets`)")
     root: Path | None = None
     download: bool = False
     image_size: int = Field(32, ge=8, le=1024)
@@ -73,29 +93,22 @@ class DataConfig(StrictModel):
         1.0, gt=0, le=1, description="share of the training images the students learn from (stratified)"
     )
 
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        return _registered("dataset", value)
+
     @model_validator(mode="after")
     def _root_when_needed(self) -> DataConfig:
-        if self.dataset in ("imagefolder", "cifar10", "cifar100") and self.root is None:
+        from edgekd.data import DATASETS
+
+        if DATASETS.get(self.dataset).needs_root and self.root is None:
             raise ValueError(f"data.root is required for dataset '{self.dataset}'")
         for key in ("mean", "std"):
             value = getattr(self, key)
             if value is not None and len(value) != self.channels:
                 raise ValueError(f"data.{key} needs {self.channels} values (one per channel)")
         return self
-
-
-class TrainConfig(StrictModel):
-    epochs: int = Field(ge=1)
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = Field(gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = False
-    schedule: Literal["onecycle", "cosine", "step", "constant"] = "onecycle"
-    milestones: list[int] = Field(
-        default_factory=list, description="epochs where a step schedule multiplies lr by gamma"
-    )
-    gamma: float = Field(0.1, gt=0)
 
 
 class TeacherConfig(StrictModel):
@@ -121,116 +134,6 @@ class StudentConfig(StrictModel):
     checkpoint: Path | None = None
 
 
-class DistillSettings(TrainConfig):
-    """What every distillation method's section has besides its own loss settings."""
-
-    cache_teacher: Literal["auto", "on", "off"] = Field(
-        "auto",
-        description="compute a frozen teacher's outputs once instead of every step; auto: when no random "
-        "augmentation changes what the teacher sees",
-    )
-
-
-class KDConfig(DistillSettings):
-    """Hinton et al. 2015: w_ce * CE(y, z_s) + w_kd * T^2 * KL(softmax(z_t/T) || softmax(z_s/T))."""
-
-    method: Literal["kd"] = "kd"
-    temperature: float = Field(4.0, gt=0)
-    w_ce: float = Field(0.1, ge=0)
-    w_kd: float = Field(0.9, ge=0)
-    ensemble: Literal["arithmetic", "geometric"] = Field("arithmetic", description="how a teacher list's targets mix")
-
-
-class HintsConfig(DistillSettings):
-    """FitNets (Romero et al. 2015): a connector maps a student stage onto a teacher stage, L2 between them."""
-
-    method: Literal["hints"] = "hints"
-    student_stage: int | str | None = Field(None, description="feature_info index or module name; default: middle")
-    teacher_stage: int | str | None = None
-    w_ce: float = Field(1.0, ge=0)
-    w_hint: float = Field(1.0, ge=0)
-    w_kd: float = Field(0.0, ge=0)
-    temperature: float = Field(4.0, gt=0)
-    hint_schedule: Literal["joint", "stagewise"] = "joint"
-    hint_epochs: int = Field(0, ge=0, description="stagewise: epochs on the hint alone before the task losses")
-
-    @model_validator(mode="after")
-    def _stagewise_needs_epochs(self) -> HintsConfig:
-        if self.hint_schedule == "stagewise" and not 0 < self.hint_epochs < self.epochs:
-            raise ValueError("hint_schedule: stagewise needs 0 < hint_epochs < epochs")
-        return self
-
-
-class ProKTConfig(DistillSettings):
-    """ProKT (Shi et al. 2021): the teacher steps toward the student each batch, the student follows it."""
-
-    method: Literal["prokt"] = "prokt"
-    kl_weight: float = Field(0.4, ge=0, le=1, description="λ in the teacher's (1−λ)·CE + λ·KL(student ‖ teacher)")
-    temperature: float = Field(1.0, gt=0)
-    w_ce: float = Field(0.0, ge=0)
-    teacher_lr: float = Field(0.001, gt=0)
-    teacher_optimizer: Literal["sgd", "adamw"] = "sgd"
-
-
-class DKDConfig(DistillSettings):
-    """Decoupled KD (Zhao et al. 2022): CE + warm-up · (α·TCKD + β·NCKD) · T²."""
-
-    method: Literal["dkd"] = "dkd"
-    w_ce: float = Field(1.0, ge=0)
-    alpha: float = Field(1.0, ge=0)
-    beta: float = Field(8.0, ge=0)
-    temperature: float = Field(4.0, gt=0)
-    warmup_epochs: float | None = Field(None, ge=0, description="default: the paper's 20 of 240 epochs, scaled")
-    ensemble: Literal["arithmetic", "geometric"] = Field("arithmetic", description="how a teacher list's targets mix")
-
-    def warmup(self) -> float:
-        return self.warmup_epochs if self.warmup_epochs is not None else max(1.0, 20 * self.epochs / 240)
-
-
-class ATConfig(DistillSettings):
-    """Attention transfer (Zagoruyko & Komodakis 2017) between chosen stage pairs."""
-
-    method: Literal["at"] = "at"
-    stages: list[tuple[int | str, int | str]] = Field(default_factory=list, description="[student, teacher] pairs")
-    w_ce: float = Field(1.0, ge=0)
-    w_at: float = Field(1000.0, ge=0)
-    w_kd: float = Field(0.0, ge=0)
-    temperature: float = Field(4.0, gt=0)
-    p: float = Field(2.0, gt=0)
-
-
-class CoDistillConfig(DistillSettings):
-    """Co-distillation: N students teach each other (no teacher); the first is saved and exported."""
-
-    method: Literal["codistill"] = "codistill"
-    students: int = Field(2, ge=2, le=8)
-    warmup_epochs: int = Field(1, ge=0, description="epochs on the labels alone before the students distil")
-    w_ce: float = Field(1.0, ge=0)
-    w_kd: float = Field(1.0, ge=0)
-    temperature: float = Field(1.0, gt=0)
-
-
-METHODS = {
-    "kd": KDConfig,
-    "hints": HintsConfig,
-    "prokt": ProKTConfig,
-    "dkd": DKDConfig,
-    "at": ATConfig,
-    "codistill": CoDistillConfig,
-}
-
-
-def _method_of(value: Any) -> str:
-    return value.get("method", "kd") if isinstance(value, dict) else getattr(value, "method", "kd")
-
-
-# One union member per method, told apart by `method` (default kd).
-DistillConfig = Annotated[
-    Union[tuple(Annotated[config, Tag(name)] for name, config in METHODS.items())],  # noqa: UP007
-    Discriminator(_method_of),
-]
-
-
 class BaselineConfig(StrictModel):
     """The same student trained without a teacher, on the same data, epochs and optimiser."""
 
@@ -241,12 +144,20 @@ class BaselineConfig(StrictModel):
 class ExportConfig(StrictModel):
     """Device artefacts and the checks each must pass against the PyTorch student on the test split."""
 
-    formats: list[Literal[FORMATS]] = list(FORMATS)
+    formats: list[str] = Field(
+        default_factory=lambda: ["onnx", "onnx-int8", "tflite", "tflite-int8", "c-array", "mcu-project"],
+        description="registered export formats (`edgekd list formats`)",
+    )
     calibration_images: int = Field(200, ge=1, description="int8 calibration images from the training split")
     verify_images: int | None = Field(None, ge=1, description="test images to verify on (default: all)")
     min_agreement_fp32: float = Field(0.995, ge=0, le=1)
     min_agreement_int8: float = Field(0.97, ge=0, le=1)
     max_int8_accuracy_drop: float = Field(0.01, ge=0, le=1)
+
+    @field_validator("formats")
+    @classmethod
+    def _known_formats(cls, value: list[str]) -> list[str]:
+        return [_registered("format", name) for name in value]
 
 
 class BenchConfig(StrictModel):
@@ -263,6 +174,12 @@ class BenchConfig(StrictModel):
     device_images: int = Field(100, ge=1, description="test images fed through the firmware in one boot")
 
 
+class LogConfig(StrictModel):
+    """Logs beside metrics.csv, for tools that read them."""
+
+    tensorboard: bool = Field(False, description="TensorBoard event files of every metric (pip install tensorboard)")
+
+
 class Recipe(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
@@ -273,21 +190,41 @@ class Recipe(StrictModel):
     amp: bool = False
     data: DataConfig
     teacher: TeacherConfig | list[TeacherConfig] | None = Field(
-        None, description="one teacher, or a list (an ensemble); none for codistill"
+        None, description="one teacher, or a list (an ensemble); none for methods without a teacher"
     )
     student: StudentConfig = StudentConfig()
-    distill: DistillConfig
+    distill: SerializeAsAny[DistillSettings] = Field(description="the method's section: `method` picks it")
     baseline: BaselineConfig = BaselineConfig()
     export: ExportConfig = ExportConfig()
     bench: BenchConfig = BenchConfig()
+    log: LogConfig = LogConfig()
+
+    @field_validator("distill", mode="before")
+    @classmethod
+    def _method_section(cls, value: Any) -> Any:
+        """Validate `distill` with the section of the method it names (the registry's default if none)."""
+        from edgekd.methods import METHODS, default_method
+
+        if isinstance(value, DistillSettings) or not isinstance(value, dict):
+            return value
+        name = _registered("method", value.get("method", default_method()), where="distill.method")
+        return METHODS.get(name).config.model_validate({**value, "method": name})
+
+    @property
+    def method(self):
+        """The registry entry of the distillation method: what it needs and does."""
+        from edgekd.methods import METHODS
+
+        return METHODS.get(self.distill.method)
 
     @model_validator(mode="after")
     def _teacher_cache_must_be_possible(self) -> Recipe:
         if self.distill.cache_teacher != "on":
             return self
-        if self.distill.method in ("prokt", "codistill"):
-            reason = "ProKT trains its teacher" if self.distill.method == "prokt" else "co-distillation has no teacher"
-            raise ValueError(f"distill.cache_teacher: on, but {reason}; use auto or off")
+        method = self.method
+        if method.trains_teacher or not method.needs_teacher:
+            reason = "trains its teacher" if method.trains_teacher else "has no teacher"
+            raise ValueError(f"distill.cache_teacher: on, but method {method.name} {reason}; use auto or off")
         augmentation = self.data.augmentation
         if augmentation.random_crop_padding or augmentation.horizontal_flip:
             raise ValueError(
@@ -297,20 +234,25 @@ class Recipe(StrictModel):
         return self
 
     @model_validator(mode="after")
-    def _ensembles_need_logit_methods(self) -> Recipe:
-        if self.teacher is None and self.distill.method != "codistill":
-            raise ValueError(f"missing required key 'teacher' (method {self.distill.method} distils from a teacher)")
+    def _teachers_fit_the_method(self, info: ValidationInfo) -> Recipe:
+        from edgekd.methods import METHODS
+
+        method = self.method
+        given = (info.context or {}).get("teacher_given", False)  # the Python API handed in a teacher module
+        if self.teacher is None and method.needs_teacher and not given:
+            raise ValueError(f"missing required key 'teacher' (method {method.name} distils from a teacher)")
         if isinstance(self.teacher, list):
             if not self.teacher:
                 raise ValueError("teacher: an empty list; give one teacher or several")
-            if self.distill.method not in ("kd", "dkd"):
-                raise ValueError(f"a teacher list (ensemble) works with methods kd and dkd, not {self.distill.method}")
+            if not method.accepts_ensemble:
+                able = ", ".join(name for name, entry in METHODS if entry.accepts_ensemble)
+                raise ValueError(f"a teacher list (ensemble) works with methods {able}, not {method.name}")
         return self
 
     @property
     def teachers(self) -> list[TeacherConfig]:
-        """The teachers the pipeline trains or loads (none for codistill, which needs none)."""
-        if self.distill.method == "codistill" or self.teacher is None:
+        """The teachers the pipeline trains or loads (none for a method that needs none)."""
+        if not self.method.needs_teacher or self.teacher is None:
             return []
         return self.teacher if isinstance(self.teacher, list) else [self.teacher]
 
@@ -330,8 +272,7 @@ class Recipe(StrictModel):
 
 def bundled_recipes() -> dict[str, Path]:
     """Recipes shipped with edgekd, by name."""
-    folder = resources.files("edgekd.recipes")
-    return {Path(entry.name).stem: Path(str(entry)) for entry in folder.iterdir() if entry.name.endswith(".yaml")}
+    return bundled_files("edgekd.recipes")
 
 
 def resolve_recipe_path(recipe: str | Path) -> Path:
@@ -343,13 +284,20 @@ def resolve_recipe_path(recipe: str | Path) -> Path:
         return bundled[str(recipe)]
     if path.exists():
         raise RecipeError(f"recipe {path} is not a file")
-    hint = _did_you_mean(str(recipe), list(bundled))
+    hint = did_you_mean(str(recipe), list(bundled))
     raise RecipeError(
         f"recipe {recipe} not found: give a YAML path or a bundled name ({', '.join(sorted(bundled))}){hint}"
     )
 
 
-def load_recipe(recipe: str | Path, overrides: list[str] | None = None) -> Recipe:
+def load_recipe(recipe: str | Path, overrides: list[str] | None = None, *, teacher_given: bool = False) -> Recipe:
+    """A recipe file (or bundled name) with `--set` overrides, validated."""
+    raw, source = read_recipe(recipe, overrides)
+    return parse_recipe(raw, source=source, teacher_given=teacher_given)
+
+
+def read_recipe(recipe: str | Path, overrides: list[str] | None = None) -> tuple[dict, str]:
+    """The recipe file's mapping with the overrides applied, not yet validated, and where it came from."""
     path = resolve_recipe_path(recipe)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -366,7 +314,7 @@ def load_recipe(recipe: str | Path, overrides: list[str] | None = None) -> Recip
         raise RecipeError(f"{path}: a recipe is a YAML mapping (name:, data:, teacher:, ...), got {type(raw).__name__}")
     for override in overrides or []:
         apply_override(raw, override)
-    return parse_recipe(raw, source=str(path))
+    return raw, str(path)
 
 
 def apply_override(raw: dict, override: str) -> None:
@@ -390,55 +338,48 @@ def apply_override(raw: dict, override: str) -> None:
     node[parts[-1]] = value
 
 
-def parse_recipe(raw: dict, source: str = "recipe") -> Recipe:
+def parse_recipe(raw: dict, source: str = "recipe", *, teacher_given: bool = False) -> Recipe:
+    """Validate a recipe; `teacher_given`: the caller hands in the teacher module (the Python API)."""
     try:
-        return Recipe.model_validate(raw)
+        return Recipe.model_validate(raw, context={"teacher_given": teacher_given})
     except ValidationError as exc:
         # A misspelt key is also a missing one: the unknown key, with its suggestion, says more.
         errors = sorted(
             exc.errors(), key=lambda error: (error["type"] != "extra_forbidden", error["type"] == "list_type")
         )
         more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-        raise RecipeError(f"{source}: {_describe(errors[0])}{more}") from None
+        raise RecipeError(f"{source}: {_describe(errors[0], raw)}{more}") from None
 
 
-def _describe(error: dict) -> str:
+def _describe(error: dict, raw: dict) -> str:
     # Pydantic names the union member it tried in the path ("function-after[...]", "list[...]"): drop it.
     loc = [str(part) for part in error["loc"] if not re.search(r"[\[(]", str(part))]
-    if loc[:1] == ["distill"] and len(loc) > 1 and loc[1] in METHODS:  # pydantic puts the method tag in the path
-        method, loc = loc[1], [loc[0], *loc[2:]]
-    else:
-        method = None
     key = ".".join(loc)
     kind = error["type"]
     if kind == "extra_forbidden":
-        valid = list(METHODS[method].model_fields) if method else _fields_at(Recipe, loc[:-1])
-        return f"unknown key '{key}'{_did_you_mean(loc[-1], valid)}"
-    if kind == "union_tag_invalid":
-        got = error.get("ctx", {}).get("tag")
-        return (
-            f"'{key}.method' is {got!r}; expected one of {', '.join(METHODS)}{_did_you_mean(str(got), list(METHODS))}"
-        )
+        return f"unknown key '{key}'{did_you_mean(loc[-1], _fields_at(Recipe, loc[:-1], raw))}"
+    if kind == "unknown_name":
+        return f"'{error['ctx']['where'] or key}' is {error['msg']}"
     if kind == "missing":
         return f"missing required key '{key}'"
     if kind in ("literal_error", "enum"):
         options = re.findall(r"'([^']*)'|(\d+)", error.get("ctx", {}).get("expected", ""))
         choices = [a or b for a, b in options]
         got = error.get("input")
-        return f"'{key}' is {got!r}; expected one of {', '.join(choices)}{_did_you_mean(str(got), choices)}"
+        return f"'{key}' is {got!r}; expected one of {', '.join(choices)}{did_you_mean(str(got), choices)}"
     message = error["msg"].removeprefix("Value error, ")
     if not loc:
         return message
     return f"'{key}': {message} (got {error.get('input')!r})"
 
 
-def _did_you_mean(word: str, candidates: list[str]) -> str:
-    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.5)
-    return f"; did you mean '{close[0]}'?" if close else ""
+def _fields_at(model: type[BaseModel], loc: list[str], raw: dict) -> list[str]:
+    """The valid keys of the section at `loc` (for suggestions); `distill` is the named method's section."""
+    if loc[:1] == ["distill"]:
+        from edgekd.methods import METHODS, default_method
 
-
-def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
-    """The valid keys of the section at `loc` (for suggestions)."""
+        name = (raw.get("distill") or {}).get("method", default_method())
+        return list(METHODS.get(name).config.model_fields) if name in METHODS else []
     for part in loc:
         if part.isdigit():  # an index into a list of sections (a teacher list)
             continue

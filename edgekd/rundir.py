@@ -6,6 +6,7 @@ runs/<name>/
   recipe.yaml          the recipe as resolved
   teacher.pt, teacher_<i>.pt, baseline.pt, student.pt      weights files
   metrics.csv, summary.json
+  tensorboard/         event files of every metric (log.tensorboard: true)
   checkpoints/<stage>.last.pt                               for --resume
   artefacts/           exports, export.json, convert.log, mcu-project/
   device/              firmware built for a lone artefact
@@ -23,12 +24,16 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+from pydantic import BaseModel, Field, field_validator
+
+from edgekd.checks import Check, holds
 from edgekd.errors import RunDirError
 
 MARKER = ".edgekd-run"
 LOCK = ".edgekd-lock"
-PLOTS = ("training.png", "tradeoffs.png", "memory.png", "device_layers.png")
+PLOTS = ("training", "tradeoffs", "memory", "device_layers")
 
 _held: dict[Path, int] = {}  # run directories this process holds locked, with a nesting count
 
@@ -52,6 +57,10 @@ class RunDir:
         return self.path / "metrics.csv"
 
     @property
+    def tensorboard(self) -> Path:
+        return self.path / "tensorboard"
+
+    @property
     def summary(self) -> Path:
         return self.path / "summary.json"
 
@@ -71,6 +80,28 @@ class RunDir:
         return self.artefacts / "export.json"
 
     @property
+    def test_sample(self) -> Path:
+        """Test images export verified on, kept so that the benchmark need not load the dataset."""
+        return self.artefacts / "test_sample.npz"
+
+    @property
+    def convert_log(self) -> Path:
+        return self.artefacts / "convert.log"
+
+    def artefact(self, file: str) -> Path:
+        return self.artefacts / file
+
+    def plot(self, name: str) -> Path:
+        """training, tradeoffs, memory, device_layers."""
+        return self.path / f"{name}.png"
+
+    def read_summary(self) -> Summary | None:
+        return Summary.model_validate_json(self.summary.read_text()) if self.summary.is_file() else None
+
+    def read_export(self) -> ExportReport | None:
+        return ExportReport.model_validate_json(self.export_json.read_text()) if self.export_json.is_file() else None
+
+    @property
     def device(self) -> Path:
         return self.path / "device"
 
@@ -87,13 +118,14 @@ class RunDir:
         names = [
             self.recipe,
             self.metrics,
+            self.tensorboard,
             self.summary,
             self.checkpoints,
             self.artefacts,
             self.device,
             self.report_md,
             self.report_json,
-            *(self.path / plot for plot in PLOTS),
+            *(self.plot(name) for name in PLOTS),
             *self.path.glob("*.pt"),
             *self.path.glob(".*.tmp"),
             self.path / MARKER,
@@ -184,3 +216,91 @@ class RunDir:
                 (self.path / LOCK).unlink(missing_ok=True)
                 if made_folder and not any(self.path.iterdir()):
                     self.path.rmdir()
+
+
+# ---------------------------------------------------------------- what the JSON files hold
+
+SCHEMA_VERSION = 1
+
+
+class StageSummary(BaseModel):
+    model: str
+    parameters: int
+    macs: int
+    accuracy: float = Field(description="test accuracy")
+    val_accuracy: float | None
+    epochs: int
+    seconds: float
+    teacher_cache_seconds: float = 0.0
+
+
+class Summary(BaseModel):
+    """summary.json: what `edgekd distill` trained and how well."""
+
+    schema_version: int = SCHEMA_VERSION
+    recipe: str
+    method: str
+    dataset: str
+    image_size: int
+    in_chans: int
+    num_classes: int
+    test_images: int
+    train_images: dict[str, int] = Field(description="{teacher: n, students: n}")
+    device: str
+    processes: int = 1
+    teacher: StageSummary | None = None
+    baseline: StageSummary | None = None
+    student: StageSummary
+    teachers: list[dict[str, Any]] | None = Field(None, description="an ensemble's members and their accuracy")
+    excluded_classes: dict[str, Any] | None = None
+    method_results: dict[str, Any] = Field(default_factory=dict, description="findings of the method's own")
+    kd_gain: float | None = Field(None, description="student − baseline test accuracy")
+    wall_seconds: float
+
+
+class RuntimeResult(BaseModel):
+    accuracy: float
+    agreement: float = Field(description="top-1 agreement with the PyTorch student")
+    max_logit_error: float
+    seconds: float
+
+
+class ArtefactExport(BaseModel):
+    path: str = Field(description="relative to the run directory")
+    bytes: int
+    seconds: float
+    passed: bool
+    checks: list[Check]
+    results: dict[str, RuntimeResult] = Field(default_factory=dict, description="per runtime")
+    info: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("checks", mode="before")
+    @classmethod
+    def _older_checks(cls, value: Any) -> Any:
+        """export.json files from before checks carried numbers: 1 for a pass, 0 for a failure."""
+        older = [isinstance(c, dict) and "value" not in c for c in value]
+        return [holds(c["name"], c["passed"], c.get("detail", "")) if old else c for c, old in zip(value, older, strict=True)]
+
+
+class StudentInfo(BaseModel):
+    model: str
+    accuracy: float
+    input: list[int] = Field(description="channels, height, width")
+    mean: list[float]
+    std: list[float]
+
+
+class ExportReport(BaseModel):
+    """artefacts/export.json: every artefact, where it was run and every check it passed or failed."""
+
+    schema_version: int = SCHEMA_VERSION
+    student: StudentInfo
+    test_images: int
+    calibration_images: int
+    thresholds: dict[str, float]
+    sample: str | None = Field(None, description="test images kept for the benchmark (relative to the run)")
+    artefacts: dict[str, ArtefactExport]
+    passed: bool
+
+    def failed_checks(self) -> list[str]:
+        return [f"{fmt}: {c.name}" for fmt, entry in self.artefacts.items() for c in entry.checks if not c.passed]

@@ -142,14 +142,21 @@ def _bytes_of(obj: Any) -> int:
 
 
 class MetricsLog:
-    """metrics.csv: one row per stage and epoch; columns are the union of what the stages report."""
+    """metrics.csv: one row per stage and epoch; columns are the union of what the stages report. With
+    `tensorboard` (a folder), every number of a row is also a TensorBoard scalar `<stage>/<column>` at
+    step = epoch (a resumed stage writes its redone epochs again; TensorBoard shows the latest)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, tensorboard: Path | None = None):
         self.path = path
         self.rows: list[dict[str, Any]] = []
         if path.is_file():
             with path.open(newline="") as handle:
                 self.rows = list(csv.DictReader(handle))
+        self.board = None
+        if tensorboard is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.board = SummaryWriter(str(tensorboard))
 
     def truncate(self, stage: str, after_epoch: int) -> None:
         """Forget this stage's rows past `after_epoch` (a resumed stage redoes them)."""
@@ -159,6 +166,11 @@ class MetricsLog:
     def add(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
         self._write()
+        if self.board is not None:
+            for key, value in row.items():
+                if key not in ("stage", "epoch") and isinstance(value, (int, float)):
+                    self.board.add_scalar(f"{row['stage']}/{key}", value, int(row["epoch"]))
+            self.board.flush()
 
     def stage_rows(self, stage: str) -> list[dict[str, Any]]:
         return [r for r in self.rows if r["stage"] == stage]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,3 +97,33 @@ const unsigned int g_model_data_len = {len(data)};
 const char* const kClassNames[kNumClasses] = {{{names}}};
 """)
     return source, header
+
+
+class CompileError(Exception):
+    """model_data.cc does not build, or its array is not aligned."""
+
+
+def compiled_model_length(source: Path) -> int | None:
+    """Compile model_data.cc with a tiny main that prints g_model_data_len; None without a compiler."""
+    compiler = shutil.which("c++") or shutil.which("g++")
+    if compiler is None:
+        return None
+    with tempfile.TemporaryDirectory() as scratch:
+        main = Path(scratch) / "main.cc"
+        main.write_text(
+            '#include <cstdio>\n#include "model_data.h"\n'
+            'int main() { std::printf("%u", g_model_data_len); '
+            "return (reinterpret_cast<unsigned long>(g_model_data) % 16) != 0; }\n"
+        )
+        binary = Path(scratch) / "main"
+        build = subprocess.run(
+            [compiler, "-std=c++17", "-O0", f"-I{source.parent}", str(main), str(source), "-o", str(binary)],
+            capture_output=True,
+            text=True,
+        )
+        if build.returncode != 0:
+            raise CompileError(f"{source} does not compile: {build.stderr.strip().splitlines()[0][:200]}")
+        run = subprocess.run([str(binary)], capture_output=True, text=True)
+        if run.returncode != 0:
+            raise CompileError(f"{source}: g_model_data is not 16-byte aligned")
+        return int(run.stdout)

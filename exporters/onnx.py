@@ -100,3 +100,14 @@ def float_compute_nodes(path: Path) -> list[str]:
                 offenders.append(f"{node.op_type} {node.name or '?'} (float input {tensor})")
                 break
     return offenders
+
+
+def is_quantised(path: Path) -> bool:
+    """Whether an .onnx holds int8 (QDQ) compute; raises ConversionError for a file that is not ONNX."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(path)).graph
+    except Exception:  # noqa: BLE001 - protobuf parse errors come in many kinds
+        raise ConversionError(f"{path} is not an ONNX model") from None
+    return any(node.op_type == "QuantizeLinear" for node in graph.node)

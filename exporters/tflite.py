@@ -282,6 +282,12 @@ def read_graph(path: Path):
     return model, graph, op_names
 
 
+def has_int8_input(path: Path) -> bool:
+    """Whether a .tflite takes int8 input (a full-integer model); raises ConversionError if it is not one."""
+    _, graph, _ = read_graph(path)
+    return graph.tensors[int(graph.inputs[0])].type == _schema().TensorType.INT8
+
+
 def op_counts(path: Path) -> dict[str, int]:
     _, _, op_names = read_graph(path)
     counts: dict[str, int] = {}

@@ -27,6 +27,20 @@ TINY_RECIPE = {
 }
 
 
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `edgekd ARGS` run in this process."""
+    import sys
+
+    from edgekd import cli
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", ["edgekd", *map(str, args)])
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main()
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
 @pytest.fixture
 def tiny_recipe() -> dict:
     return copy.deepcopy(TINY_RECIPE)

@@ -2,23 +2,13 @@
 (click's usage line and the error), no traceback, and nothing written under the output folder."""
 
 import pickle
-import sys
 
 import pytest
 import torch
 import yaml
+from conftest import run_cli
 
-from edgekd import cli
 from edgekd.models import create_model
-
-
-def run_cli(capsys, *args):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sys, "argv", ["edgekd", *map(str, args)])
-        with pytest.raises(SystemExit) as exit_info:
-            cli.main()
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
 
 
 def listing(folder):
@@ -150,7 +140,7 @@ CASES = [
         "cache with prokt",
         edit(distill={"method": "prokt", "epochs": 1, "lr": 0.01, "cache_teacher": "on"}),
         DISTILL,
-        "ProKT trains its teacher",
+        "method prokt trains its teacher",
     ),
     # ---- data on disk
     (

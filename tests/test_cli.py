@@ -6,17 +6,7 @@ import sys
 
 import pytest
 import yaml
-
-from edgekd import cli
-
-
-def run_cli(capsys, *args):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sys, "argv", ["edgekd", *map(str, args)])
-        with pytest.raises(SystemExit) as exit_info:
-            cli.main()
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
+from conftest import run_cli
 
 
 def assert_one_line_error(code, err, expected):
@@ -233,8 +223,8 @@ def test_codistillation_end_to_end(capsys, tmp_path, tiny_recipe, write_recipe):
     code, out, err = run_cli(capsys, "distill", write_recipe(tiny_recipe), "--out", run_dir)
     assert code == 0, err
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert "teacher" not in summary and not (run_dir / "teacher.pt").exists()
-    community = summary["codistillation"]
+    assert summary["teacher"] is None and not (run_dir / "teacher.pt").exists()
+    community = summary["method_results"]["codistillation"]
     assert len(community["students"]) == 3 and community["students"][0] == pytest.approx(summary["student"]["accuracy"])
     assert 0 <= community["ensemble"] <= 1
 
@@ -279,14 +269,16 @@ def test_the_summary_table_fits_80_columns():
     from rich.console import Console
 
     from edgekd.pipeline import summary_table
+    from edgekd.rundir import Summary
 
     row = {"model": "mobilenetv2_tiny", "parameters": 310_000, "macs": 1_000_000, "accuracy": 0.962,
            "val_accuracy": 0.97, "epochs": 15, "seconds": 143.0}  # fmt: skip
     summary = {"recipe": "quickstart", "method": "kd", "dataset": "mnist5k", "test_images": 1000, "kd_gain": 0.001,
                "teacher": {**row, "model": "arithmetic ensemble of resnet18 + resnet50", "seconds": 12345.0},
-               "baseline": row, "student": row}  # fmt: skip
+               "baseline": row, "student": row, "image_size": 32, "in_chans": 3, "num_classes": 10,
+               "train_images": {"teacher": 3500, "students": 3500}, "device": "cpu", "wall_seconds": 12600.0}  # fmt: skip
     console = Console(width=80, record=True)
-    console.print(summary_table(summary))
+    console.print(summary_table(Summary.model_validate(summary)))
     lines = console.export_text().splitlines()
     assert max(len(line) for line in lines) <= 80 and "time" in lines[1] and "12345 s" in "\n".join(lines)
 

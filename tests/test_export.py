@@ -2,6 +2,7 @@
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,8 @@ import yaml
 
 from edgekd import cli
 from edgekd.exporters import c_array, tflite
-from edgekd.exporters.export import compare, compiled_model_length
+from edgekd.exporters.c_array import compiled_model_length
+from edgekd.exporters.formats import ExportJob
 from edgekd.exporters.runtimes import LiteRTRunner
 from edgekd.models import create_model
 
@@ -219,8 +221,11 @@ def test_compare_counts_agreement():
         def predict(self, images):
             return np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
 
-    result = compare(
-        Fixed(), np.zeros((3, 1, 2, 2)), np.array([0, 1, 1]), np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
-    )
+    job = ExportJob(
+        recipe=None, model=None, metadata={}, data=None, calibration=None,
+        test_images=torch.zeros(3, 1, 2, 2), test_labels=np.array([0, 1, 1]),
+        reference=np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]]), out=Path("."), log=Path("."), console=None,
+    )  # fmt: skip
+    result = job.compare(Fixed())
     assert result["agreement"] == pytest.approx(2 / 3) and result["accuracy"] == pytest.approx(2 / 3)
     assert result["max_logit_error"] == pytest.approx(1.0)

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgekd.methods import KD, Plain
-from edgekd.methods.kd import kd_loss
+from edgekd.methods import Plain
+from edgekd.methods.kd import KD, kd_loss
 
 
 def softmax(values, temperature):

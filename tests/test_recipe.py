@@ -26,7 +26,7 @@ def test_bundled_name_resolves_and_defaults_apply():
         (lambda r: r.update(techer=r.pop("teacher")), "unknown key 'techer'; did you mean 'teacher'?"),
         (lambda r: r["data"].update(augmentaton={}), "did you mean 'augmentation'?"),
         (lambda r: r["teacher"]["train"].update(epoch=3), "unknown key 'teacher.train.epoch'; did you mean 'epochs'?"),
-        (lambda r: r["data"].update(dataset="mnist"), "'data.dataset' is 'mnist'; expected one of digits, mnist5k"),
+        (lambda r: r["data"].update(dataset="mnist"), "'data.dataset' is 'mnist'; expected one of cifar10, cifar100, digits"),
         (lambda r: r["distill"].update(method="kdd"), "did you mean 'kd'?"),
         (lambda r: r["distill"].pop("epochs"), "missing required key 'distill.epochs'"),
         (lambda r: r["distill"].update(lr=-1), "'distill.lr': Input should be greater than 0"),
@@ -50,6 +50,9 @@ def test_set_overrides_parse_yaml_values(tiny_recipe, write_recipe):
     assert recipe.baseline.lr == 0.002
     assert recipe.baseline_train_config().lr == 0.002
     assert recipe.baseline_train_config().epochs == 7
+    # YAML 1.1 reads a bare on/off as a boolean; the key means the words.
+    for word in ("on", "off", "auto"):
+        assert load_recipe(path, [f"distill.cache_teacher={word}"]).distill.cache_teacher == word
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ def test_run_produces_a_complete_report(digits_run):
     report = json.loads((run_dir / "report.json").read_text())
     jsonschema.validate(report, Report.model_json_schema())
     parsed = Report.model_validate(report)
-    assert parsed.training["kd_gain"] is not None and parsed.student_accuracy > 0.5
+    assert parsed.training.kd_gain is not None and parsed.student_accuracy > 0.5
     formats = {a.format: a for a in parsed.artefacts}
     assert set(formats) == {"onnx", "onnx-int8", "tflite", "tflite-int8"}
     for a in parsed.artefacts:  # every figure filled

@@ -129,7 +129,7 @@ def test_the_teacher_cache_leaves_the_student_bit_identical(tmp_path):
     from rich.console import Console
 
     from edgekd.data import load_data
-    from edgekd.methods import KD
+    from edgekd.methods.kd import KD
     from edgekd.models import create_model
     from edgekd.recipe import DataConfig, TrainConfig
     from edgekd.train import train_stage

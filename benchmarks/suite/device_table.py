@@ -28,12 +28,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from reference_models import REFERENCE_MODELS  # noqa: E402
+from results import write_section  # noqa: E402
 
 from edgekd.benchmarks import device as device_run  # noqa: E402
 from edgekd.benchmarks.compute import layer_macs, mcu_latency  # noqa: E402
 from edgekd.benchmarks.memory import analyse  # noqa: E402
 from edgekd.benchmarks.profiles import load_device  # noqa: E402
-from edgekd.benchmarks.results import write_section  # noqa: E402
 from edgekd.exporters import tflite  # noqa: E402
 from edgekd.exporters.runtimes import measure_arena  # noqa: E402
 from edgekd.models import create_model  # noqa: E402

@@ -16,9 +16,9 @@ import tempfile
 from pathlib import Path
 
 import torch
+from results import write_section
 
 from edgekd.benchmarks.memory import analyse
-from edgekd.benchmarks.results import write_section
 from edgekd.exporters import tflite
 from edgekd.exporters.runtimes import measure_arena
 from edgekd.models import create_model

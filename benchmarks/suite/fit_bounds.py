@@ -12,9 +12,9 @@ import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
 import torch
+from results import write_section
 
 from edgekd.benchmarks import fit
-from edgekd.benchmarks.results import write_section
 
 
 def measure(corner: tuple) -> tuple:

@@ -15,14 +15,14 @@ import tempfile
 from pathlib import Path
 
 import torch
+from results import write_section
 from rich.console import Console
 
-from edgekd.benchmarks.results import write_section
-from edgekd.data import load_data, transfer_set
-from edgekd.methods import Plain, build_method
-from edgekd.models import create_model
+from edgekd.data import load_data
+from edgekd.models import load_weights
+from edgekd.pipeline import Session, train_baseline, train_student, train_teachers
 from edgekd.recipe import load_recipe
-from edgekd.train import MetricsLog, Runtime, train_stage
+from edgekd.rundir import RunDir
 
 
 def main() -> None:
@@ -33,46 +33,27 @@ def main() -> None:
     parser.add_argument("--teacher", type=Path, help="teacher weights (default: train one per the recipe)")
     args = parser.parse_args()
     recipe = load_recipe(args.recipe)
-    data = load_data(recipe.data, recipe.seed)  # the teacher learns from all of it
-    transfer = transfer_set(data, recipe.data, recipe.seed)  # the students from this
-    runtime = Runtime.from_recipe(recipe.device, recipe.channels_last, recipe.amp)
-    console = Console(stderr=True)
+    data = load_data(recipe.data, recipe.seed)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
-        common = dict(
-            seed=recipe.seed,
-            batch_size=recipe.data.batch_size,
-            workers=recipe.data.workers,
-            checkpoint_dir=Path(scratch),
-            metrics=MetricsLog(Path(scratch) / "m.csv"),
-            resume=False,
-            console=console,
-        )
-
-        def model(config, seed: int, checkpoint: Path | None = None) -> torch.nn.Module:
-            torch.manual_seed(seed)
-            return create_model(
-                config.model,
-                num_classes=data.num_classes,
-                in_chans=data.in_chans,
-                checkpoint=checkpoint,
-                kwargs=config.kwargs,
-            )
-
+        session = Session.open(recipe, RunDir(Path(scratch)), data, Console(stderr=True))
         teacher = None
         if args.stage == "student":
-            teacher = model(recipe.teachers[0], recipe.seed, args.teacher)
-            if args.teacher is None:
-                train_stage("teacher", Plain(teacher), recipe.teachers[0].train, data, runtime, **common)
-        for lr in [float(x) for x in args.lrs.split(",")]:
-            student = model(recipe.student, recipe.seed + 1)  # the pipeline's initial student weights
-            if args.stage == "baseline":
-                config, method = recipe.baseline_train_config(), Plain(student)
+            if args.teacher is not None:
+                teacher = session.build(recipe.teachers[0], recipe.seed)
+                load_weights(teacher, args.teacher)
+                teacher = session.runtime.place(teacher.eval())
             else:
-                config = recipe.distill
-                method = build_method(config, student, teacher, in_chans=data.in_chans, image_size=data.image_size)
-            config = config.model_copy(update={"lr": lr})
-            result = train_stage(f"lr={lr:g}", method, config, transfer, runtime, **common)
+                teacher, _ = train_teachers(session)
+        for lr in [float(x) for x in args.lrs.split(",")]:
+            if args.stage == "baseline":
+                config = recipe.baseline_train_config().model_copy(update={"lr": lr})
+                session.recipe = recipe.model_copy(update={"baseline": recipe.baseline.model_copy(update={"lr": lr})})
+                _, result = train_baseline(session)
+            else:
+                config = recipe.distill.model_copy(update={"lr": lr})
+                session.recipe = recipe.model_copy(update={"distill": config})
+                _, result = train_student(session, teacher)
             rows.append((lr, result.val_accuracy, result.test_accuracy))
             print(f"{args.stage} lr {lr:g}: val {result.val_accuracy:.2%}  test {result.test_accuracy:.2%}", flush=True)
     best = max(rows, key=lambda row: row[1])

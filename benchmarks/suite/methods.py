@@ -1,14 +1,13 @@
-"""Distillation methods side by side, 3 seeds: baseline, KD, hints, ProKT, DKD, AT, co-distillation.
+"""Distillation methods side by side, 3 seeds: the baseline and every registered method.
 
 The base recipe (quickstart by default) gives the data, the teacher, the student, the baseline and the
 training settings (epochs, optimiser, learning rate, schedule); each method adds only its own options,
-from its bundled recipe (quickstart for KD, mnist5k_<method> for the others). So only the method
-differs. Per seed the teacher and the baseline are trained once and shared. Test accuracy, mean ± std
-over seeds, of the PyTorch student and of its full-integer int8 TFLite export (TFLite's reference
-kernels, which compute what TFLite-Micro computes, bit for bit).
+from the bundled recipe its registry entry names. So only the method differs. Per seed the teacher and
+the baseline are trained once (the pipeline's own stages) and shared. Test accuracy, mean ± std over
+seeds, of the PyTorch student and of its full-integer int8 TFLite export (TFLite's reference kernels,
+which compute what TFLite-Micro computes, bit for bit).
 
-    python benchmarks/suite/methods.py [--base quickstart] [--seeds 0,1,2]
-                                       [--methods kd,hints,prokt,dkd,at,codistill]
+    python benchmarks/suite/methods.py [--base quickstart] [--seeds 0,1,2] [--methods kd,hints,...]
 """
 
 from __future__ import annotations
@@ -22,25 +21,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from results import write_section
 from rich.console import Console
 
-from edgekd.benchmarks.results import write_section
-from edgekd.data import labels_of, load_data, transfer_set
+from edgekd.config import TrainConfig
+from edgekd.data import labels_of, load_data
 from edgekd.exporters import tflite
 from edgekd.exporters.runtimes import LiteRTRunner
-from edgekd.methods import Plain, build_method
-from edgekd.models import create_model
-from edgekd.recipe import TrainConfig, load_recipe
-from edgekd.train import MetricsLog, Runtime, train_stage
+from edgekd.methods import METHODS
+from edgekd.pipeline import Session, train_baseline, train_student, train_teachers
+from edgekd.recipe import load_recipe
+from edgekd.rundir import RunDir
 
-RECIPES = {
-    "kd": "quickstart",
-    "hints": "mnist5k_hints",
-    "prokt": "mnist5k_prokt",
-    "dkd": "mnist5k_dkd",
-    "at": "mnist5k_at",
-    "codistill": "mnist5k_codistill",
-}
 CALIBRATION_IMAGES = 200
 
 
@@ -60,62 +52,36 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="quickstart", help="recipe giving data, models and training settings")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--methods", default=",".join(RECIPES))
+    parser.add_argument("--methods", default=",".join(name for name, entry in METHODS if entry.recipe))
     args = parser.parse_args()
     methods = args.methods.split(",")
     reference = load_recipe(args.base)
     training = reference.distill.model_dump(include=set(TrainConfig.model_fields))
-    configs = {m: load_recipe(RECIPES[m]).distill.model_copy(update=training) for m in methods}
+    options = {m: METHODS.get(m).recipe for m in methods}
+    configs = {m: load_recipe(options[m]).distill.model_copy(update=training) for m in methods}
     console = Console(stderr=True)
-    runtime = Runtime.from_recipe(reference.device, reference.channels_last, reference.amp)
     fp32: dict[str, list[float]] = {name: [] for name in ["baseline", *methods]}
     int8: dict[str, list[float]] = {name: [] for name in ["baseline", *methods]}
     started = time.perf_counter()
     for seed in [int(s) for s in args.seeds.split(",")]:
-        data = load_data(reference.data, seed)  # the teacher learns from all of it
-        transfer = transfer_set(data, reference.data, seed)  # the students from this
+        recipe = reference.model_copy(update={"seed": seed})
+        data = load_data(recipe.data, seed)
+
+        def record(name: str, trained, data=data, seed=seed) -> None:
+            student, result = trained
+            fp32[name].append(result.test_accuracy)
+            int8[name].append(int8_accuracy(student, data))
+            print(f"seed {seed} {name}: {result.test_accuracy:.2%}, int8 {int8[name][-1]:.2%}", flush=True)
+
         with tempfile.TemporaryDirectory() as scratch:
-            common = dict(
-                seed=seed,
-                batch_size=reference.data.batch_size,
-                workers=reference.data.workers,
-                checkpoint_dir=Path(scratch),
-                metrics=MetricsLog(Path(scratch) / "m.csv"),
-                resume=False,
-                console=console,
-            )
-
-            def new(config, model_seed: int, data=data) -> torch.nn.Module:
-                torch.manual_seed(model_seed)
-                return create_model(
-                    config.model, num_classes=data.num_classes, in_chans=data.in_chans, kwargs=config.kwargs
-                )
-
-            def record(name: str, student: torch.nn.Module, accuracy: float, data=data, seed=seed) -> None:
-                fp32[name].append(accuracy)
-                int8[name].append(int8_accuracy(student, data))
-                print(f"seed {seed} {name}: {accuracy:.2%}, int8 {int8[name][-1]:.2%}", flush=True)
-
-            teacher = new(reference.teachers[0], seed)
-            train_stage(f"teacher s{seed}", Plain(teacher), reference.teachers[0].train, data, runtime, **common)
-            baseline = new(reference.student, seed + 1)
-            result = train_stage(
-                f"baseline s{seed}", Plain(baseline), reference.baseline_train_config(), transfer, runtime, **common
-            )
-            record("baseline", baseline, result.test_accuracy)
+            session = Session.open(recipe, RunDir(Path(scratch)), data, console)
+            teacher, _ = train_teachers(session)
+            record("baseline", train_baseline(session))
             for name in methods:
-                config = configs[name]
-                student = new(reference.student, seed + 1)
-                method = build_method(
-                    config,
-                    student,
-                    copy.deepcopy(teacher),
-                    in_chans=data.in_chans,
-                    image_size=data.image_size,
-                    new_student=lambda k, seed=seed: new(reference.student, seed + 1 + 100 * k),
-                )
-                result = train_stage(f"{name} s{seed}", method, config, transfer, runtime, **common)
-                record(name, student, result.test_accuracy)
+                session.recipe = recipe.model_copy(update={"distill": configs[name]})
+                given = copy.deepcopy(teacher) if METHODS.get(name).needs_teacher else None
+                record(name, train_student(session, given))
+    transfer = session.transfer
     base = statistics.mean(fp32["baseline"])
     rows = [
         "| method | options from | test accuracy (mean ± std) | per seed | vs. baseline | int8 TFLite (mean ± std) |",
@@ -127,7 +93,7 @@ def main() -> None:
         gain = "–" if name == "baseline" else f"{(mean - base) * 100:+.2f} pt"
         per_seed = " / ".join(f"{v:.1%}" for v in values)
         rows.append(
-            f"| {name} | {RECIPES.get(name, '–')} | {mean:.2%} ± {std:.2%} | {per_seed} | {gain} "
+            f"| {name} | {options.get(name) or '–'} | {mean:.2%} ± {std:.2%} | {per_seed} | {gain} "
             f"| {int8_mean:.2%} ± {int8_std:.2%} |"
         )
         print(rows[-1], flush=True)
@@ -139,8 +105,8 @@ def main() -> None:
         f"lr {settings.lr:g} for the distilled students and {reference.baseline_train_config().lr:g} for the "
         f"baseline (each picked on validation; see the learning-rate sections), seeds {args.seeds}; "
         f"{time.perf_counter() - started:,.0f} s in all, {torch.get_num_threads()} threads. Last-epoch test accuracy "
-        "of the PyTorch student and of its int8 TFLite export. codistill trains three students without the "
-        "teacher; the first is scored.\n\n" + "\n".join(rows)
+        "of the PyTorch student and of its int8 TFLite export. A method that needs no teacher trains its students "
+        "from each other; the first is scored.\n\n" + "\n".join(rows)
     )
     write_section(
         f"distillation methods: {reference.name}",

@@ -26,7 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgekd.benchmarks.results import write_section
+from results import write_section
+
+from edgekd.rundir import RunDir
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -74,15 +76,16 @@ def edgekd(teacher: Path, scratch: Path, cache: str, seed: int) -> dict:
         env={**os.environ, **ENVIRONMENT},
         check=True,
     )  # fmt: skip
-    with (run_dir / "metrics.csv").open() as handle:
+    run = RunDir(run_dir)
+    with run.metrics.open() as handle:
         rows = [r for r in csv.DictReader(handle) if r["stage"] == "student"]
-    summary = json.loads((run_dir / "summary.json").read_text())
-    training = sum(float(r["epoch_seconds"]) for r in rows) + summary["student"]["teacher_cache_seconds"]
+    summary = run.read_summary()
+    training = sum(float(r["epoch_seconds"]) for r in rows) + summary.student.teacher_cache_seconds
     wall, rss = gnu_time(report)
     return {
         "images_per_s": TRAIN_IMAGES / training,
         "median_epoch": statistics.median(float(r["images_per_second"]) for r in rows),
-        "accuracy": summary["student"]["accuracy"],
+        "accuracy": summary.student.accuracy,
         "wall_s": wall,
         "peak_rss_mb": rss,
     }

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
-import json
 import os
 import shutil
 import statistics
@@ -25,7 +24,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edgekd.benchmarks.results import write_section
+from results import write_section
+
+from edgekd.rundir import RunDir
 
 COMMON = ["--set", "data.augmentation.random_crop_padding=0", "--set", "data.augmentation.horizontal_flip=false",
           "--set", "baseline.enabled=false"]  # fmt: skip
@@ -44,10 +45,10 @@ def distill(recipe: str, out: Path, sets: list[str], processes: int) -> None:
 
 def student_rate(run_dir: Path) -> tuple[float, float]:
     """(median epoch images/s, seconds spent caching the teacher's outputs) of the student stage."""
-    with (run_dir / "metrics.csv").open() as handle:
+    run = RunDir(run_dir)
+    with run.metrics.open() as handle:
         rates = [float(r["images_per_second"]) for r in csv.DictReader(handle) if r["stage"] == "student"]
-    summary = json.loads((run_dir / "summary.json").read_text())
-    return statistics.median(rates), summary["student"]["teacher_cache_seconds"]
+    return statistics.median(rates), run.read_summary().student.teacher_cache_seconds
 
 
 def main() -> None:
@@ -67,7 +68,8 @@ def main() -> None:
             caches: dict[tuple, float] = {}
             for index, (cache, channels_last, processes) in enumerate(variants):
                 out = scratch / f"{recipe}-{index}"
-                sets = ["--set", f"teacher.checkpoint={teacher_run / 'teacher.pt'}", "--set", "teacher.train=null",
+                teacher = RunDir(teacher_run).weights("teacher")
+                sets = ["--set", f"teacher.checkpoint={teacher}", "--set", "teacher.train=null",
                         "--set", f"distill.epochs={args.epochs}", "--set", f"distill.cache_teacher={cache}",
                         "--set", f"channels_last={str(channels_last).lower()}"]  # fmt: skip
                 distill(recipe, out, sets, processes)

@@ -7,13 +7,30 @@ loss is the mean squared difference between student and teacher maps of each cho
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from edgekd.config import DistillSettings
 from edgekd.methods.base import FrozenTeacherMethod
 from edgekd.methods.features import logits_and_features, stage_index
 from edgekd.methods.kd import kd_loss
+from edgekd.methods.registry import register_method
+
+
+class ATConfig(DistillSettings):
+    """Attention transfer (Zagoruyko & Komodakis 2017) between chosen stage pairs."""
+
+    method: Literal["at"] = "at"
+    stages: list[tuple[int | str, int | str]] = Field(default_factory=list, description="[student, teacher] pairs")
+    w_ce: float = Field(1.0, ge=0)
+    w_at: float = Field(1000.0, ge=0)
+    w_kd: float = Field(0.0, ge=0)
+    temperature: float = Field(4.0, gt=0)
+    p: float = Field(2.0, gt=0)
 
 
 def attention_map(features: torch.Tensor, p: float = 2.0, size: tuple[int, int] | None = None) -> torch.Tensor:
@@ -28,6 +45,7 @@ def attention_loss(student_features: torch.Tensor, teacher_features: torch.Tenso
     return (attention_map(student_features, p, size) - attention_map(teacher_features, p)).pow(2).mean()
 
 
+@register_method("at", config=ATConfig, recipe="mnist5k_at")
 class AttentionTransfer(FrozenTeacherMethod):
     def __init__(
         self,
@@ -47,6 +65,10 @@ class AttentionTransfer(FrozenTeacherMethod):
         self.student_indices = [stage_index(student, s) for s, _ in pairs]
         self.teacher_indices = teacher_indices
         self.w_ce, self.w_at, self.w_kd, self.temperature, self.p = w_ce, w_at, w_kd, temperature, p
+
+    @classmethod
+    def from_config(cls, config: ATConfig, student: nn.Module, teacher: nn.Module, context) -> AttentionTransfer:
+        return cls(student, teacher, **config.method_options())
 
     def forward(
         self, images: torch.Tensor, labels: torch.Tensor, index=None

@@ -19,6 +19,8 @@ from edgekd.methods.features import logits_and_features
 class DistillMethod(nn.Module):
     # DDP must look for parameters a step leaves unused (a stage that trains only part of the model).
     skips_parameters = False
+    # Where in the run's summary the method's own findings go (see `results`), if it has any.
+    results_key: str | None = None
 
     def __init__(self, student: nn.Module):
         super().__init__()
@@ -43,6 +45,18 @@ class DistillMethod(nn.Module):
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         del state
+
+    def results(self, batches: Iterable, runtime) -> dict[str, Any]:
+        """Findings of the method's own, measured on the test `batches` after training (co-distillation:
+        each student and their ensemble); stored under `results_key` in the summary."""
+        del batches, runtime
+        return {}
+
+    @classmethod
+    def results_markdown(cls, results: dict[str, Any]) -> list[str]:
+        """The report's lines about `results` (the summary's method_results)."""
+        del results
+        return []
 
     def build_teacher_cache(self, batches: Iterable, count: int, runtime, world) -> None:
         raise NotImplementedError(f"{type(self).__name__} has no frozen teacher to cache")

@@ -7,11 +7,16 @@ w_ce·CE + min(epoch / warmup, 1) · (α·TCKD + β·NCKD) · T².
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from edgekd.config import DistillSettings, EnsembleRule
 from edgekd.methods.base import FrozenTeacherMethod
+from edgekd.methods.registry import register_method
 
 
 def dkd_terms(
@@ -37,6 +42,22 @@ def dkd_terms(
     return tckd, nckd
 
 
+class DKDConfig(DistillSettings):
+    """Decoupled KD (Zhao et al. 2022): CE + warm-up · (α·TCKD + β·NCKD) · T²."""
+
+    method: Literal["dkd"] = "dkd"
+    w_ce: float = Field(1.0, ge=0)
+    alpha: float = Field(1.0, ge=0)
+    beta: float = Field(8.0, ge=0)
+    temperature: float = Field(4.0, gt=0)
+    warmup_epochs: float | None = Field(None, ge=0, description="default: the paper's 20 of 240 epochs, scaled")
+    ensemble: EnsembleRule = Field("arithmetic", description="how a teacher list's targets mix")
+
+    def warmup(self) -> float:
+        return self.warmup_epochs if self.warmup_epochs is not None else max(1.0, 20 * self.epochs / 240)
+
+
+@register_method("dkd", config=DKDConfig, accepts_ensemble=True, recipe="mnist5k_dkd")
 class DKD(FrozenTeacherMethod):
     def __init__(
         self,
@@ -53,6 +74,11 @@ class DKD(FrozenTeacherMethod):
         self.w_ce, self.alpha, self.beta, self.temperature = w_ce, alpha, beta, temperature
         self.warmup_epochs = warmup_epochs
         self.warmup = 1.0
+
+    @classmethod
+    def from_config(cls, config: DKDConfig, student: nn.Module, teacher: nn.Module, context) -> DKD:
+        options = config.method_options(exclude={"ensemble"})
+        return cls(student, teacher, **{**options, "warmup_epochs": config.warmup()})
 
     def start_epoch(self, epoch: int, epochs: int) -> None:
         self.warmup = min(epoch / self.warmup_epochs, 1.0) if self.warmup_epochs > 0 else 1.0

@@ -10,13 +10,38 @@ connector learn), then the classification/KD losses take over. The connector is 
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 from torch import nn
 
+from edgekd.config import DistillSettings
 from edgekd.methods.base import FrozenTeacherMethod
 from edgekd.methods.features import feature_shapes, logits_and_features, stage_index
 from edgekd.methods.kd import kd_loss
+from edgekd.methods.registry import register_method
+
+
+class HintsConfig(DistillSettings):
+    """FitNets (Romero et al. 2015): a connector maps a student stage onto a teacher stage, L2 between them."""
+
+    method: Literal["hints"] = "hints"
+    student_stage: int | str | None = Field(None, description="feature_info index or module name; default: middle")
+    teacher_stage: int | str | None = None
+    w_ce: float = Field(1.0, ge=0)
+    w_hint: float = Field(1.0, ge=0)
+    w_kd: float = Field(0.0, ge=0)
+    temperature: float = Field(4.0, gt=0)
+    hint_schedule: Literal["joint", "stagewise"] = "joint"
+    hint_epochs: int = Field(0, ge=0, description="stagewise: epochs on the hint alone before the task losses")
+
+    @model_validator(mode="after")
+    def _stagewise_needs_epochs(self) -> HintsConfig:
+        if self.hint_schedule == "stagewise" and not 0 < self.hint_epochs < self.epochs:
+            raise ValueError("hint_schedule: stagewise needs 0 < hint_epochs < epochs")
+        return self
 
 
 class Connector(nn.Module):
@@ -36,6 +61,7 @@ class Connector(nn.Module):
         return mapped
 
 
+@register_method("hints", config=HintsConfig, recipe="mnist5k_hints")
 class Hints(FrozenTeacherMethod):
     def __init__(
         self,
@@ -63,6 +89,23 @@ class Hints(FrozenTeacherMethod):
         self.stagewise, self.hint_epochs = stagewise, hint_epochs
         self.hint_only = False
         self.skips_parameters = stagewise  # the hint-only epochs leave the student's head unused
+
+    @classmethod
+    def from_config(cls, config: HintsConfig, student: nn.Module, teacher: nn.Module, context) -> Hints:
+        return cls(
+            student,
+            teacher,
+            in_chans=context.in_chans,
+            image_size=context.image_size,
+            student_stage=config.student_stage,
+            teacher_stage=config.teacher_stage,
+            w_ce=config.w_ce,
+            w_hint=config.w_hint,
+            w_kd=config.w_kd,
+            temperature=config.temperature,
+            stagewise=config.hint_schedule == "stagewise",
+            hint_epochs=config.hint_epochs,
+        )
 
     def start_epoch(self, epoch: int, epochs: int) -> None:
         self.hint_only = self.stagewise and epoch <= self.hint_epochs

@@ -9,11 +9,16 @@ count, silently shrinking the KD term.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from edgekd.config import DistillSettings, EnsembleRule
 from edgekd.methods.base import FrozenTeacherMethod
+from edgekd.methods.registry import register_method
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -24,10 +29,25 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     return kl * temperature**2
 
 
+class KDConfig(DistillSettings):
+    """Hinton et al. 2015: w_ce · CE(y, z_s) + w_kd · T² · KL(softmax(z_t/T) ‖ softmax(z_s/T))."""
+
+    method: Literal["kd"] = "kd"
+    temperature: float = Field(4.0, gt=0)
+    w_ce: float = Field(0.1, ge=0)
+    w_kd: float = Field(0.9, ge=0)
+    ensemble: EnsembleRule = Field("arithmetic", description="how a teacher list's targets mix")
+
+
+@register_method("kd", config=KDConfig, accepts_ensemble=True, default=True, recipe="quickstart")
 class KD(FrozenTeacherMethod):
     def __init__(self, student: nn.Module, teacher: nn.Module, temperature: float, w_ce: float, w_kd: float):
         super().__init__(student, teacher)
         self.temperature, self.w_ce, self.w_kd = temperature, w_ce, w_kd
+
+    @classmethod
+    def from_config(cls, config: KDConfig, student: nn.Module, teacher: nn.Module, context) -> KD:
+        return cls(student, teacher, **config.method_options(exclude={"ensemble"}))
 
     def forward(
         self, images: torch.Tensor, labels: torch.Tensor, index=None

@@ -11,15 +11,29 @@ the method's own (checkpointed through `extra_state`), never exported.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from edgekd.config import DistillSettings
 from edgekd.distributed import World
 from edgekd.methods.base import DistillMethod
 from edgekd.methods.kd import kd_loss
+from edgekd.methods.registry import register_method
+
+
+class ProKTConfig(DistillSettings):
+    """ProKT (Shi et al. 2021): the teacher steps toward the student each batch, the student follows it."""
+
+    method: Literal["prokt"] = "prokt"
+    kl_weight: float = Field(0.4, ge=0, le=1, description="λ in the teacher's (1−λ)·CE + λ·KL(student ‖ teacher)")
+    temperature: float = Field(1.0, gt=0)
+    w_ce: float = Field(0.0, ge=0)
+    teacher_lr: float = Field(0.001, gt=0)
+    teacher_optimizer: Literal["sgd", "adamw"] = "sgd"
 
 
 def teacher_loss(
@@ -35,6 +49,7 @@ def teacher_loss(
     return (1 - kl_weight) * F.cross_entropy(teacher_logits, labels) + kl_weight * kl
 
 
+@register_method("prokt", config=ProKTConfig, trains_teacher=True, recipe="mnist5k_prokt")
 class ProKT(DistillMethod):
     def __init__(
         self,
@@ -52,7 +67,23 @@ class ProKT(DistillMethod):
         self.teacher_optimizer = teacher_optimizer or torch.optim.SGD(teacher.parameters(), lr=teacher_lr, momentum=0.9)
         self.kl_weight, self.temperature, self.w_ce = kl_weight, temperature, w_ce
         self.last_teacher_loss = torch.tensor(0.0)
-        self.world = World()  # set to the process group's under torchrun
+        self.world = World()  # under torchrun, the process group's: the teacher's gradients are averaged
+
+    @classmethod
+    def from_config(cls, config: ProKTConfig, student: nn.Module, teacher: nn.Module, context) -> ProKT:
+        optimizer_class = torch.optim.AdamW if config.teacher_optimizer == "adamw" else torch.optim.SGD
+        options = {"momentum": 0.9} if config.teacher_optimizer == "sgd" else {}
+        method = cls(
+            student,
+            teacher,
+            teacher_optimizer=optimizer_class(teacher.parameters(), lr=config.teacher_lr, **options),
+            teacher_lr=config.teacher_lr,
+            kl_weight=config.kl_weight,
+            temperature=config.temperature,
+            w_ce=config.w_ce,
+        )
+        method.world = context.world
+        return method
 
     def _eval_logits(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         was_training = model.training

@@ -1,0 +1,202 @@
+"""edgekd from Python: the commands as functions that return typed results.
+
+    import edgekd
+    result = edgekd.run("quickstart", "runs/mine")
+    result.summary.student.accuracy, result.export.passed, result.report.verdict.passed
+
+A failed check or budget is in the result (`ExportReport.passed`, `Report.verdict.passed`,
+`RunResult.passed`), never raised; bad input raises an `edgekd.EdgeKDError` with the one line the CLI
+would print. Your own teacher (`teacher=` an nn.Module) and data (`data=edgekd.from_datasets(train,
+test)`) take the place of the recipe's sections: the recipe then needs no `teacher`, and `data.dataset:
+python` says the data comes from here.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from torch import nn
+
+from edgekd.data import DataBundle
+from edgekd.recipe import Recipe, apply_override, parse_recipe, read_recipe
+from edgekd.rundir import ExportReport, RunDir, Summary
+
+RecipeLike = str | Path | dict[str, Any] | Recipe
+
+
+def load_recipe(
+    recipe: RecipeLike,
+    overrides: list[str] | None = None,
+    *,
+    teacher_given: bool = False,
+    data: DataBundle | None = None,
+) -> Recipe:
+    """A recipe from a file, a bundled name or a dict, with `--set`-style overrides ("distill.epochs=3").
+    With `data` handed in, its image size and channels are the recipe's."""
+    if isinstance(recipe, Recipe) and not overrides and data is None:
+        return recipe
+    if isinstance(recipe, Recipe):
+        raw, source = recipe.model_dump(mode="json"), f"recipe {recipe.name}"
+    elif isinstance(recipe, dict):
+        raw, source = copy.deepcopy(recipe), "recipe"
+    else:
+        raw, source = read_recipe(recipe)
+    for override in overrides or []:
+        apply_override(raw, override)
+    if data is not None:
+        section = raw.setdefault("data", {"dataset": "python"}) or {"dataset": "python"}
+        raw["data"] = {**section, "image_size": data.image_size, "channels": data.in_chans}
+    return parse_recipe(raw, source=source, teacher_given=teacher_given)
+
+
+def _console(quiet: bool) -> Console:
+    return Console(stderr=True, quiet=quiet)
+
+
+def distill(
+    recipe: RecipeLike,
+    run_dir: str | Path | None = None,
+    *,
+    teacher: nn.Module | None = None,
+    data: DataBundle | None = None,
+    overrides: list[str] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> Summary:
+    """Train the teacher (unless handed in), the baseline and the distilled student into `run_dir`
+    (default: the recipe's output_dir/name)."""
+    from edgekd.pipeline import default_run_dir
+    from edgekd.pipeline import distill as run_distill
+
+    loaded = load_recipe(recipe, overrides, teacher_given=teacher is not None, data=data)
+    out = Path(run_dir) if run_dir is not None else default_run_dir(loaded)
+    return run_distill(
+        loaded, out, resume=resume, overwrite=overwrite, console=_console(quiet), data=data, teacher=teacher
+    )
+
+
+def export(
+    run_dir: str | Path, formats: list[str] | None = None, *, data: DataBundle | None = None, quiet: bool = False
+) -> ExportReport:
+    """Write and verify the run's artefacts (default: the recipe's export.formats). `data`: the data the
+    run was distilled on, when it was handed in from Python."""
+    from edgekd.exporters.export import export_run
+
+    return export_run(Path(run_dir), formats, console=_console(quiet), data=data)
+
+
+def bench(
+    source: str | Path,
+    device: str = "cortex-m4",
+    budget: str | None = None,
+    *,
+    target: str = "auto",
+    latency_seconds: float = 1.0,
+    device_images: int = 100,
+    tflm: str | None = None,
+    quiet: bool = False,
+):
+    """Benchmark a run directory (after export) or a lone .onnx/.tflite file against a device profile;
+    returns the report (edgekd.benchmarks.report.Report) also written as report.md/report.json."""
+    from edgekd.benchmarks.bench import bench as run_bench
+    from edgekd.benchmarks.profiles import load_device, parse_budget
+
+    profile = load_device(device)
+    return run_bench(
+        Path(source),
+        profile,
+        parse_budget(budget, profile),
+        latency_seconds=latency_seconds,
+        console=_console(quiet),
+        target=target,
+        device_images=device_images,
+        tflm=tflm,
+    )
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: Summary
+    export: ExportReport
+    report: Any  # edgekd.benchmarks.report.Report
+
+    @property
+    def passed(self) -> bool:
+        """Every export check held and the int8 model fits its budget."""
+        return self.export.passed and self.report.verdict is not None and self.report.verdict.passed
+
+
+def run(
+    recipe: RecipeLike,
+    run_dir: str | Path | None = None,
+    *,
+    teacher: nn.Module | None = None,
+    data: DataBundle | None = None,
+    overrides: list[str] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    tflm: str | None = None,
+    quiet: bool = False,
+) -> RunResult | None:
+    """Distil, export and benchmark (against the recipe's `bench:` section), loading the data once.
+    Under torchrun only rank 0 exports and benchmarks; the other ranks return None."""
+    from edgekd.benchmarks.bench import resolve_target
+    from edgekd.benchmarks.profiles import load_device, parse_budget
+    from edgekd.data import load_data
+    from edgekd.pipeline import default_run_dir
+    from edgekd.pipeline import distill as run_distill
+
+    loaded = load_recipe(recipe, overrides, teacher_given=teacher is not None, data=data)
+    profile = load_device(loaded.bench.device)
+    parse_budget(loaded.bench.budget, profile)  # bad device, budget or target: fail before training
+    resolve_target(loaded.bench.target, profile, tflm)
+    out = Path(run_dir) if run_dir is not None else default_run_dir(loaded)
+    console = _console(quiet)
+    data = data if data is not None else load_data(loaded.data, loaded.seed)
+    options = dict(resume=resume, overwrite=overwrite, console=console, data=data, teacher=teacher)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun: the other processes help train, rank 0 goes on
+        run_distill(loaded, out, **options)
+        return None
+    with RunDir(out).locked():  # one process owns the run from training to report
+        summary = run_distill(loaded, out, **options)
+        exported = export(out, data=data, quiet=quiet)
+        report = bench(
+            out,
+            loaded.bench.device,
+            loaded.bench.budget,
+            target=loaded.bench.target,
+            latency_seconds=loaded.bench.latency_seconds,
+            device_images=loaded.bench.device_images,
+            tflm=tflm,
+            quiet=quiet,
+        )
+    return RunResult(out, summary, exported, report)
+
+
+def fit(
+    device: str,
+    budget: str | None = None,
+    *,
+    classes: int = 10,
+    channels: int = 3,
+    min_resolution: int = 64,
+):
+    """MobileNetV2-Tiny width × resolution configurations that fit the device, most MACs first
+    (edgekd.benchmarks.fit.Candidate: predicted arena and flash are upper bounds)."""
+    from edgekd.benchmarks.fit import search
+    from edgekd.benchmarks.profiles import load_device, parse_budget
+    from edgekd.errors import EdgeKDError
+
+    if channels not in (1, 3):
+        raise EdgeKDError(f"channels {channels}: give 1 (greyscale) or 3 (colour)")
+    if classes < 2:
+        raise EdgeKDError(f"classes {classes}: a classifier needs at least 2")
+    profile = load_device(device)
+    return search(parse_budget(budget, profile), num_classes=classes, in_chans=channels, min_resolution=min_resolution)

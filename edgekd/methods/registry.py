@@ -1,0 +1,69 @@
+"""The method registry: one entry per distillation method, declared in the method's own file.
+
+    @register_method("kd", config=KDConfig, accepts_ensemble=True, default=True)
+    class KD(FrozenTeacherMethod):
+        @classmethod
+        def from_config(cls, config, student, teacher, context): ...
+
+An entry says what the rest of edgekd needs to know about a method without naming it: its recipe
+section (`config`), whether it distils from a teacher, whether that teacher may be a list (an
+ensemble), and whether the method trains its teacher (so its outputs can never be cached).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from edgekd.config import DistillSettings
+from edgekd.distributed import World
+from edgekd.registry import Registry
+
+BUILTIN = tuple(f"edgekd.methods.{name}" for name in ("kd", "hints", "prokt", "dkd", "at", "codistill"))
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    name: str
+    method: type  # a DistillMethod with a from_config(config, student, teacher, context) classmethod
+    config: type[DistillSettings]
+    needs_teacher: bool = True
+    accepts_ensemble: bool = False
+    trains_teacher: bool = False
+    default: bool = False  # what a recipe without `distill.method` uses
+    recipe: str | None = None  # the bundled recipe that shows the method (its options for the methods table)
+
+    @property
+    def summary(self) -> str:
+        return (self.config.__doc__ or self.method.__doc__ or "").strip().splitlines()[0]
+
+
+METHODS: Registry[MethodEntry] = Registry("method", "edgekd.methods", BUILTIN)
+
+
+def register_method(name: str, *, config: type[DistillSettings], **traits) -> Callable[[type], type]:
+    def wrap(cls: type) -> type:
+        METHODS.register(name, MethodEntry(name, cls, config, **traits))
+        return cls
+
+    return wrap
+
+
+def default_method() -> str:
+    return next(name for name, entry in METHODS if entry.default)
+
+
+@dataclass
+class MethodContext:
+    """What building a method may need besides its section, the student and the teacher."""
+
+    in_chans: int
+    image_size: int
+    new_student: Callable[[int], nn.Module]  # the k-th extra student (co-distillation)
+    world: World
+
+
+def build_method(config: DistillSettings, student: nn.Module, teacher: nn.Module | None, context: MethodContext):
+    return METHODS.get(config.method).method.from_config(config, student, teacher, context)
