@@ -5,6 +5,7 @@ can run one stage alone."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 import time
 from dataclasses import dataclass, field
@@ -139,6 +140,7 @@ def distill(
         check_model_name(model_config.model)
     data = data if data is not None else load_data(recipe.data, recipe.seed)
     transfer = transfer_set(data, recipe.data, recipe.seed)  # the teachers learn from all of `data`
+    built = []
     for model_config in [*recipe.teachers, recipe.student]:  # kwargs and checkpoints, before any file exists
         model = create_model(
             model_config.model,
@@ -149,6 +151,10 @@ def distill(
             kwargs=model_config.kwargs,
         )
         probe_model(model, model_config.model, model_config.kwargs, data.in_chans, data.image_size)
+        built.append(model)
+    recipe.method.method.check(
+        recipe.distill, built[-1], teacher if teacher is not None else (built[0] if recipe.teachers else None)
+    )
     run = RunDir(run_dir)
     with run.locked() if world.main else contextlib.nullcontext():
         refused = None
@@ -174,7 +180,8 @@ def distill(
         teacher, results = train_teachers(session)
         if recipe.baseline.enabled:
             results["baseline"] = train_baseline(session)
-        results["student"] = train_student(session, teacher)
+        baseline = results["baseline"][0] if "baseline" in results else None
+        results["student"] = train_student(session, teacher, baseline)
         summary = summarise(session, results, teacher_results=results.pop("teachers", None), started=started)
         if world.main:
             atomic_save(summary.model_dump_json(indent=2) + "\n", run.summary)
@@ -258,24 +265,9 @@ class Session:
             return model, self._saved(name, model, config, self.measure(name, model))
         method = method_for(model) if method_for is not None else Plain(model)
         cache, reason = teacher_cache_decision(self.recipe, method, stage_data)
-        if method_for is not None:
+        if isinstance(method, FrozenTeacherMethod):
             self.console.print(f"[dim]{name}: teacher cache {'on' if cache else 'off'} ({reason})[/dim]")
-        result = train_stage(
-            name,
-            method,
-            train_config,
-            stage_data,
-            self.runtime,
-            seed=self.recipe.seed,
-            batch_size=self.recipe.data.batch_size,
-            workers=self.recipe.data.workers,
-            checkpoint_dir=self.run.checkpoints,
-            metrics=self.metrics,
-            resume=self.resume,
-            console=self.console,
-            world=self.world,
-            teacher_cache=cache,
-        )
+        result = self.train(name, method, train_config, stage_data, teacher_cache=cache)
         if method.results_key is not None:
             batches = Batches(self.data.test, self.recipe.data.batch_size, shuffle=False)
             self.method_results[method.results_key] = method.results(batches, self.runtime)
@@ -286,6 +278,25 @@ class Session:
             )
             result = self.measure(name, model, result)
         return model, self._saved(name, model, config, result)
+
+    def train(self, name: str, method, train_config, data: DataBundle, teacher_cache: bool = False) -> StageResult:
+        """One training stage with this run's settings (checkpoints, metrics, resume, processes)."""
+        return train_stage(
+            name,
+            method,
+            train_config,
+            data,
+            self.runtime,
+            seed=self.recipe.seed,
+            batch_size=self.recipe.data.batch_size,
+            workers=self.recipe.data.workers,
+            checkpoint_dir=self.run.checkpoints,
+            metrics=self.metrics,
+            resume=self.resume,
+            console=self.console,
+            world=self.world,
+            teacher_cache=teacher_cache,
+        )
 
     def _saved(self, name: str, model: nn.Module, config, result: StageResult) -> StageResult:
         if self.world.main:
@@ -326,10 +337,14 @@ def train_baseline(session: Session) -> tuple[nn.Module, StageResult]:
     """The student alone, on the same data, epochs and optimiser (its own lr if the recipe gives one)."""
     recipe = session.recipe
     seed = recipe.seed + STUDENT_SEED_OFFSET
-    return session.stage("baseline", recipe.student, seed, recipe.baseline_train_config(), session.transfer)
+    smoothing = recipe.baseline.label_smoothing
+    return session.stage("baseline", recipe.student, seed, recipe.baseline_train_config(), session.transfer,
+                         lambda model: Plain(model, label_smoothing=smoothing))  # fmt: skip
 
 
-def train_student(session: Session, teacher: nn.Module | None) -> tuple[nn.Module, StageResult]:
+def train_student(
+    session: Session, teacher: nn.Module | None, baseline: nn.Module | None = None
+) -> tuple[nn.Module, StageResult]:
     recipe, data = session.recipe, session.data
 
     def peer(k: int) -> nn.Module:  # co-distillation's extra students, each from its own initial weights
@@ -337,7 +352,18 @@ def train_student(session: Session, teacher: nn.Module | None) -> tuple[nn.Modul
                              recipe.seed + 1 + 100 * k)  # fmt: skip
 
     def method_for(model: nn.Module):
-        context = MethodContext(data.in_chans, data.image_size, new_student=peer, world=session.world)
+        context = MethodContext(
+            data.in_chans,
+            data.image_size,
+            new_student=peer,
+            world=session.world,
+            train_images=len(session.transfer.train),
+            baseline=copy.deepcopy(baseline) if baseline is not None else None,
+            data=data,
+            runtime=session.runtime,
+            seed=recipe.seed,
+            train=session.train,
+        )
         return build_method(recipe.distill, model, teacher, context)
 
     seed = recipe.seed + STUDENT_SEED_OFFSET
@@ -352,6 +378,8 @@ def teacher_cache_decision(recipe: Recipe, method, data: DataBundle) -> tuple[bo
         return False, f"method {recipe.distill.method} has no frozen teacher"
     if wanted == "off":
         return False, "distill.cache_teacher: off"
+    if method.cache_refusal is not None:
+        return False, method.cache_refusal
     if has_random_augmentation(recipe.data):
         return False, "random augmentation: the teacher would see other pixels than the cached ones"
     needed = method.teacher_cache_bytes(len(data.train), data.in_chans, data.image_size)

@@ -139,6 +139,9 @@ class BaselineConfig(StrictModel):
 
     enabled: bool = True
     lr: float | None = Field(None, gt=0, description="the baseline's own tuned lr; default: distill.lr")
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=1, description="label smoothing (Szegedy et al. 2016): KD against smoothing, measured"
+    )
 
 
 class ExportConfig(StrictModel):
@@ -239,6 +242,8 @@ class Recipe(StrictModel):
 
         method = self.method
         given = (info.context or {}).get("teacher_given", False)  # the Python API handed in a teacher module
+        if method.needs_baseline and not self.baseline.enabled:
+            raise ValueError(f"method {method.name} learns from the baseline student; set baseline.enabled: true")
         if self.teacher is None and method.needs_teacher and not given:
             raise ValueError(f"missing required key 'teacher' (method {method.name} distils from a teacher)")
         if isinstance(self.teacher, list):

@@ -279,7 +279,10 @@ class ArtefactExport(BaseModel):
     def _older_checks(cls, value: Any) -> Any:
         """export.json files from before checks carried numbers: 1 for a pass, 0 for a failure."""
         older = [isinstance(c, dict) and "value" not in c for c in value]
-        return [holds(c["name"], c["passed"], c.get("detail", "")) if old else c for c, old in zip(value, older, strict=True)]
+        return [
+            holds(c["name"], c["passed"], c.get("detail", "")) if old else c
+            for c, old in zip(value, older, strict=True)
+        ]
 
 
 class StudentInfo(BaseModel):

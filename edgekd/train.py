@@ -358,6 +358,7 @@ def train_stage(
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
+                method.after_step()
                 running.add(losses, logits, labels)
                 now = time.perf_counter()
                 if now - last_shown > 0.25 or step == len(batches) - 1:  # reading the sums costs a sync

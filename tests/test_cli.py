@@ -276,7 +276,8 @@ def test_the_summary_table_fits_80_columns():
     summary = {"recipe": "quickstart", "method": "kd", "dataset": "mnist5k", "test_images": 1000, "kd_gain": 0.001,
                "teacher": {**row, "model": "arithmetic ensemble of resnet18 + resnet50", "seconds": 12345.0},
                "baseline": row, "student": row, "image_size": 32, "in_chans": 3, "num_classes": 10,
-               "train_images": {"teacher": 3500, "students": 3500}, "device": "cpu", "wall_seconds": 12600.0}  # fmt: skip
+               "train_images": {"teacher": 3500, "students": 3500}, "device": "cpu",
+               "wall_seconds": 12600.0}  # fmt: skip
     console = Console(width=80, record=True)
     console.print(summary_table(Summary.model_validate(summary)))
     lines = console.export_text().splitlines()

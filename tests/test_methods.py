@@ -10,7 +10,7 @@ from torch import nn
 
 from edgekd.distributed import World
 from edgekd.errors import RecipeError
-from edgekd.methods import MethodContext, build_method
+from edgekd.methods import METHODS, MethodContext, build_method
 from edgekd.methods.at import AttentionTransfer, attention_loss, attention_map
 from edgekd.methods.dkd import DKD, dkd_terms
 from edgekd.methods.hints import Hints
@@ -217,7 +217,7 @@ def test_recipe_selects_each_method(tiny_recipe):
     [
         (
             {"method": "dkdd"},
-            "'distill.method' is 'dkdd'; expected one of at, codistill, dkd, hints, kd, prokt; did you mean 'dkd'?",
+            f"'distill.method' is 'dkdd'; expected one of {', '.join(METHODS.names())}; did you mean 'dkd'?",
         ),
         ({"method": "prokt", "lamda": 0.4}, "unknown key 'distill.lamda'"),
         ({"method": "hints", "hint_schedule": "stagewise"}, "needs 0 < hint_epochs < epochs"),

@@ -26,7 +26,10 @@ def test_bundled_name_resolves_and_defaults_apply():
         (lambda r: r.update(techer=r.pop("teacher")), "unknown key 'techer'; did you mean 'teacher'?"),
         (lambda r: r["data"].update(augmentaton={}), "did you mean 'augmentation'?"),
         (lambda r: r["teacher"]["train"].update(epoch=3), "unknown key 'teacher.train.epoch'; did you mean 'epochs'?"),
-        (lambda r: r["data"].update(dataset="mnist"), "'data.dataset' is 'mnist'; expected one of cifar10, cifar100, digits"),
+        (
+            lambda r: r["data"].update(dataset="mnist"),
+            "'data.dataset' is 'mnist'; expected one of cifar10, cifar100, digits",
+        ),
         (lambda r: r["distill"].update(method="kdd"), "did you mean 'kd'?"),
         (lambda r: r["distill"].pop("epochs"), "missing required key 'distill.epochs'"),
         (lambda r: r["distill"].update(lr=-1), "'distill.lr': Input should be greater than 0"),

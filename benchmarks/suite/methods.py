@@ -34,6 +34,7 @@ from edgekd.recipe import load_recipe
 from edgekd.rundir import RunDir
 
 CALIBRATION_IMAGES = 200
+VARIANTS = ["kd+mixup=mnist5k_kd_mixup"]  # rows that are a registered method with other options
 
 
 def int8_accuracy(student: torch.nn.Module, data) -> float:
@@ -52,16 +53,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="quickstart", help="recipe giving data, models and training settings")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--methods", default=",".join(name for name, entry in METHODS if entry.recipe))
+    parser.add_argument(
+        "--methods",
+        default=",".join([*(name for name, entry in METHODS if entry.recipe), *VARIANTS]),
+        help="registered method names (options from the recipe their entry names) or ROW=RECIPE",
+    )
+    parser.add_argument("--label-smoothing", type=float, default=0.1, help="a second baseline row; 0: none")
     args = parser.parse_args()
-    methods = args.methods.split(",")
+    rows_wanted = args.methods.split(",")
+    methods = [item.partition("=")[0] for item in rows_wanted]
+    options = {item.partition("=")[0]: item.partition("=")[2] or METHODS.get(item).recipe for item in rows_wanted}
     reference = load_recipe(args.base)
     training = reference.distill.model_dump(include=set(TrainConfig.model_fields))
-    options = {m: METHODS.get(m).recipe for m in methods}
     configs = {m: load_recipe(options[m]).distill.model_copy(update=training) for m in methods}
+    smoothed = f"baseline, label smoothing {args.label_smoothing:g}"
+    baselines = ["baseline", smoothed] if args.label_smoothing else ["baseline"]
     console = Console(stderr=True)
-    fp32: dict[str, list[float]] = {name: [] for name in ["baseline", *methods]}
-    int8: dict[str, list[float]] = {name: [] for name in ["baseline", *methods]}
+    fp32: dict[str, list[float]] = {name: [] for name in [*baselines, *methods]}
+    int8: dict[str, list[float]] = {name: [] for name in [*baselines, *methods]}
     started = time.perf_counter()
     for seed in [int(s) for s in args.seeds.split(",")]:
         recipe = reference.model_copy(update={"seed": seed})
@@ -76,11 +85,17 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as scratch:
             session = Session.open(recipe, RunDir(Path(scratch)), data, console)
             teacher, _ = train_teachers(session)
-            record("baseline", train_baseline(session))
+            baseline = train_baseline(session)
+            record("baseline", baseline)
+            if args.label_smoothing:
+                options[smoothed] = f"baseline.label_smoothing: {args.label_smoothing:g}"
+                smoothing = recipe.baseline.model_copy(update={"label_smoothing": args.label_smoothing})
+                session.recipe = recipe.model_copy(update={"baseline": smoothing})
+                record(smoothed, train_baseline(session))
             for name in methods:
                 session.recipe = recipe.model_copy(update={"distill": configs[name]})
-                given = copy.deepcopy(teacher) if METHODS.get(name).needs_teacher else None
-                record(name, train_student(session, given))
+                given = copy.deepcopy(teacher) if METHODS.get(configs[name].method).needs_teacher else None
+                record(name, train_student(session, given, baseline[0]))
     transfer = session.transfer
     base = statistics.mean(fp32["baseline"])
     rows = [
@@ -108,8 +123,10 @@ def main() -> None:
         "of the PyTorch student and of its int8 TFLite export. A method that needs no teacher trains its students "
         "from each other; the first is scored.\n\n" + "\n".join(rows)
     )
+    every = parser.get_default("methods")
+    subset = "" if args.methods == every else f" ({', '.join(methods)})"  # a subset gets a section of its own
     write_section(
-        f"distillation methods: {reference.name}",
+        f"distillation methods: {reference.name}{subset}",
         f"python benchmarks/suite/methods.py --base {args.base} --seeds {args.seeds} --methods {args.methods}",
         body,
     )

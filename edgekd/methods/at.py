@@ -16,7 +16,7 @@ from torch import nn
 
 from edgekd.config import DistillSettings
 from edgekd.methods.base import FrozenTeacherMethod
-from edgekd.methods.features import logits_and_features, stage_index
+from edgekd.methods.features import logits_and_features, stage_pairs
 from edgekd.methods.kd import kd_loss
 from edgekd.methods.registry import register_method
 
@@ -59,12 +59,13 @@ class AttentionTransfer(FrozenTeacherMethod):
         temperature: float,
         p: float,
     ):
-        pairs = stages or [(i, i) for i in range(1, len(student.feature_info))]
-        teacher_indices = [stage_index(teacher, t) for _, t in pairs]
-        super().__init__(student, teacher, teacher_stages=teacher_indices)
-        self.student_indices = [stage_index(student, s) for s, _ in pairs]
-        self.teacher_indices = teacher_indices
+        self.student_indices, self.teacher_indices = stage_pairs(student, teacher, stages)
+        super().__init__(student, teacher, teacher_stages=self.teacher_indices)
         self.w_ce, self.w_at, self.w_kd, self.temperature, self.p = w_ce, w_at, w_kd, temperature, p
+
+    @classmethod
+    def check(cls, config: ATConfig, student: nn.Module, teacher: nn.Module) -> None:
+        stage_pairs(student, teacher, config.stages)
 
     @classmethod
     def from_config(cls, config: ATConfig, student: nn.Module, teacher: nn.Module, context) -> AttentionTransfer:

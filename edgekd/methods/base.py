@@ -36,6 +36,15 @@ class DistillMethod(nn.Module):
         """Called by the loop before each epoch (1-based): for warm-ups and staged schedules."""
         del epoch, epochs
 
+    def after_step(self) -> None:
+        """Called by the loop after each optimiser step (a mean teacher's weight average follows it)."""
+
+    @classmethod
+    def check(cls, config, student: nn.Module, teacher: nn.Module | None) -> None:
+        """Reject a section the models cannot serve (a stage they lack) before anything is trained:
+        raise RecipeError. Runs on freshly built models."""
+        del config, student, teacher
+
     def trainable_modules(self) -> dict[str, nn.Module]:
         """Modules whose parameters the loop's optimiser trains and whose state it checkpoints."""
         return {"student": self.student}
@@ -81,6 +90,8 @@ class FrozenTeacherMethod(DistillMethod):
         self.teacher = teacher.eval().requires_grad_(False)
         self.teacher_stages = teacher_stages or []  # the feature stages the loss reads (hints, AT)
         self._cache: tuple[torch.Tensor, list[torch.Tensor]] | None = None
+        # Why the teacher's outputs cannot be cached, when the method shows it images that change every step.
+        self.cache_refusal: str | None = None
 
     def train(self, mode: bool = True) -> FrozenTeacherMethod:
         super().train(mode)
@@ -96,11 +107,15 @@ class FrozenTeacherMethod(DistillMethod):
             device = images.device
             return logits[index].to(device).float(), [f[index].to(device).float() for f in features]
         with torch.inference_mode():
-            if self.teacher_stages:
-                logits, features = logits_and_features(self.teacher, images, self.teacher_stages)
-            else:
-                logits, features = self.teacher(images), []
+            logits, features = self.teacher_forward(images)
         return _stored(logits), [_stored(f) for f in features]
+
+    def teacher_forward(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The teacher's logits and the features the loss reads (those at `teacher_stages`, unless a
+        method reads others: CRD its pooled penultimate features)."""
+        if self.teacher_stages:
+            return logits_and_features(self.teacher, images, self.teacher_stages)
+        return self.teacher(images), []
 
     def teacher_logits(self, images: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
         return self.teacher_outputs(images, index)[0]
@@ -113,9 +128,8 @@ class FrozenTeacherMethod(DistillMethod):
             logits, features = self.teacher_outputs(runtime.batch(images, labels)[0])
             rows.append((logits.half().cpu(), [f.half().cpu() for f in features]))
         logits = world.gather_rows(torch.cat([r[0] for r in rows]), count)
-        features = [
-            world.gather_rows(torch.cat([r[1][i] for r in rows]), count) for i in range(len(self.teacher_stages))
-        ]
+        outputs = len(rows[0][1]) if rows else 0  # feature tensors per image (stages, or CRD's embedding input)
+        features = [world.gather_rows(torch.cat([r[1][i] for r in rows]), count) for i in range(outputs)]
         self._cache = (logits, features)
 
     def drop_teacher_cache(self) -> None:

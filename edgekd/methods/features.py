@@ -26,6 +26,15 @@ def stage_index(model: nn.Module, stage: int | str | None) -> int:
     return stage % len(names)
 
 
+def stage_pairs(
+    student: nn.Module, teacher: nn.Module, stages: list[tuple[int | str, int | str]]
+) -> tuple[list[int], list[int]]:
+    """(student indices, teacher indices) of [student, teacher] stage pairs; by default every stage but
+    the first, paired by position. A stage either network lacks is bad input."""
+    pairs = stages or [(i, i) for i in range(1, len(student.feature_info))]
+    return [stage_index(student, s) for s, _ in pairs], [stage_index(teacher, t) for _, t in pairs]
+
+
 def logits_and_features(
     model: nn.Module, images: torch.Tensor, indices: list[int]
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:

@@ -91,6 +91,10 @@ class Hints(FrozenTeacherMethod):
         self.skips_parameters = stagewise  # the hint-only epochs leave the student's head unused
 
     @classmethod
+    def check(cls, config: HintsConfig, student: nn.Module, teacher: nn.Module) -> None:
+        stage_index(student, config.student_stage), stage_index(teacher, config.teacher_stage)
+
+    @classmethod
     def from_config(cls, config: HintsConfig, student: nn.Module, teacher: nn.Module, context) -> Hints:
         return cls(
             student,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -21,7 +22,22 @@ from edgekd.config import DistillSettings
 from edgekd.distributed import World
 from edgekd.registry import Registry
 
-BUILTIN = tuple(f"edgekd.methods.{name}" for name in ("kd", "hints", "prokt", "dkd", "at", "codistill"))
+BUILTIN = tuple(
+    f"edgekd.methods.{module}"
+    for module in (
+        "kd",
+        "hints",
+        "prokt",
+        "dkd",
+        "at",
+        "codistill",
+        "crd",
+        "nst",
+        "tfkd",
+        "mean_teacher",
+        "specialists",
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -32,6 +48,7 @@ class MethodEntry:
     needs_teacher: bool = True
     accepts_ensemble: bool = False
     trains_teacher: bool = False
+    needs_baseline: bool = False  # learns from the run's baseline student (teacher-free KD's self-teacher)
     default: bool = False  # what a recipe without `distill.method` uses
     recipe: str | None = None  # the bundled recipe that shows the method (its options for the methods table)
 
@@ -61,8 +78,14 @@ class MethodContext:
 
     in_chans: int
     image_size: int
-    new_student: Callable[[int], nn.Module]  # the k-th extra student (co-distillation)
+    new_student: Callable[[int], nn.Module] | None  # the k-th extra student (co-distillation)
     world: World
+    train_images: int = 0  # the students' training set (CRD's memory bank has a row per image)
+    baseline: nn.Module | None = None  # the run's trained baseline student (needs_baseline)
+    data: Any = None  # the teachers' DataBundle (specialists learn from it)
+    runtime: Any = None
+    seed: int = 0
+    train: Callable[..., Any] | None = None  # train(name, method, train_config, data) → StageResult
 
 
 def build_method(config: DistillSettings, student: nn.Module, teacher: nn.Module | None, context: MethodContext):
