@@ -16,10 +16,10 @@ import torch
 from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual
 from torch import nn
 
+from edgekd.benchmarks.memory import aligned
 from edgekd.benchmarks.profiles import Budget
 from edgekd.models import count_macs, create_model
 
-ALIGN = 16
 WIDTHS = (0.35, 0.5, 0.75, 1.0)
 # Both estimates are upper bounds of what an exported int8 MobileNetV2-Tiny needs, over the whole grid
 # `search` proposes (tests/test_fit.py exports every corner of it, widths 0.35-1.0 × 64-224 px × 1 and 3
@@ -36,10 +36,6 @@ PLANNER_ALLOWANCE = 1.10
 FLASH_PER_CHANNEL = 28
 FLASH_PER_LAYER = 540
 FLASH_FIXED = 8_192
-
-
-def _aligned(size: int) -> int:
-    return (size + ALIGN - 1) // ALIGN * ALIGN
 
 
 @dataclass
@@ -75,14 +71,14 @@ def simulate(model: nn.Module, in_chans: int, resolution: int) -> tuple[int, lis
     shapes = _conv_output_shapes(model, in_chans, resolution)
 
     def size(module: nn.Module) -> int:
-        return _aligned(int(torch.tensor(shapes[module]).prod()))
+        return aligned(int(torch.tensor(shapes[module]).prod()))
 
     live_per_op: list[int] = []
 
     def op(*tensors: int) -> None:
         live_per_op.append(sum(tensors))
 
-    x = _aligned(in_chans * resolution * resolution)
+    x = aligned(in_chans * resolution * resolution)
     stem = size(model.conv_stem)
     op(x, stem)
     x = stem
@@ -106,7 +102,7 @@ def simulate(model: nn.Module, in_chans: int, resolution: int) -> tuple[int, lis
         x = y
     head = size(model.conv_head)
     op(x, head)
-    pooled = _aligned(shapes[model.conv_head][1])
+    pooled = aligned(shapes[model.conv_head][1])
     op(head, pooled)
     op(pooled, size(model.classifier))
     return max(live_per_op), live_per_op, count_macs(model, in_chans, resolution)

@@ -20,7 +20,8 @@ ALIGNMENT = 16
 _ITEM_BYTES = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 6: 1, 7: 2, 9: 1, 10: 8, 16: 4}  # TensorType → bytes per element
 
 
-def _aligned(size: int) -> int:
+def aligned(size: int) -> int:
+    """Bytes a tensor takes in TFLite Micro's arena (its allocator aligns every buffer to 16)."""
     return (size + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
 
 
@@ -70,7 +71,7 @@ def analyse(path: Path) -> MemoryProfile:
     activations = [t for t in first_use if not constant(t)]
     layers = []
     for index, op in enumerate(graph.operators):
-        live = sum(_aligned(size(t)) for t in activations if first_use[t] <= index <= last_use.get(t, first_use[t]))
+        live = sum(aligned(size(t)) for t in activations if first_use[t] <= index <= last_use.get(t, first_use[t]))
         output_shape = [int(d) for d in graph.tensors[int(op.outputs[0])].shape] if len(op.outputs) else []
         layers.append(LayerMemory(index, op_names[index], output_shape, live))
     peak_layer = max(range(len(layers)), key=lambda i: layers[i].live_bytes)

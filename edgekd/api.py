@@ -17,10 +17,11 @@ import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from rich.console import Console
 from torch import nn
+from typing_extensions import Unpack
 
 from edgekd.data import DataBundle
 from edgekd.recipe import Recipe, apply_override, parse_recipe, read_recipe
@@ -58,27 +59,43 @@ def _console(quiet: bool) -> Console:
     return Console(stderr=True, quiet=quiet)
 
 
-def distill(
-    recipe: RecipeLike,
-    run_dir: str | Path | None = None,
-    *,
-    teacher: nn.Module | None = None,
-    data: DataBundle | None = None,
-    overrides: list[str] | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    quiet: bool = False,
-) -> Summary:
+class DistillOptions(TypedDict, total=False):
+    """What distill() and run() take besides the recipe and the run directory (all optional)."""
+
+    teacher: nn.Module  # a trained teacher of yours, in place of the recipe's teacher section
+    data: DataBundle  # your data (edgekd.from_datasets), in place of the recipe's dataset
+    overrides: list[str]  # as the CLI's --set: ["distill.epochs=3"]
+    resume: bool  # continue a killed or finished run
+    overwrite: bool  # replace an earlier run in run_dir
+    quiet: bool  # no progress on stderr
+
+
+def _resolve(recipe: RecipeLike, run_dir: str | Path | None, options: DistillOptions) -> tuple[Recipe, Path]:
+    from edgekd.pipeline import default_run_dir
+
+    given = options.get("teacher") is not None
+    loaded = load_recipe(recipe, options.get("overrides"), teacher_given=given, data=options.get("data"))
+    return loaded, Path(run_dir) if run_dir is not None else default_run_dir(loaded)
+
+
+def _pipeline(options: DistillOptions, data: DataBundle | None) -> dict[str, Any]:
+    """The options as edgekd.pipeline.distill takes them."""
+    return {
+        "resume": options.get("resume", False),
+        "overwrite": options.get("overwrite", False),
+        "console": _console(options.get("quiet", False)),
+        "data": data,
+        "teacher": options.get("teacher"),
+    }
+
+
+def distill(recipe: RecipeLike, run_dir: str | Path | None = None, **options: Unpack[DistillOptions]) -> Summary:
     """Train the teacher (unless handed in), the baseline and the distilled student into `run_dir`
     (default: the recipe's output_dir/name)."""
-    from edgekd.pipeline import default_run_dir
     from edgekd.pipeline import distill as run_distill
 
-    loaded = load_recipe(recipe, overrides, teacher_given=teacher is not None, data=data)
-    out = Path(run_dir) if run_dir is not None else default_run_dir(loaded)
-    return run_distill(
-        loaded, out, resume=resume, overwrite=overwrite, console=_console(quiet), data=data, teacher=teacher
-    )
+    loaded, out = _resolve(recipe, run_dir, options)
+    return run_distill(loaded, out, **_pipeline(options, options.get("data")))
 
 
 def export(
@@ -134,38 +151,27 @@ class RunResult:
 
 
 def run(
-    recipe: RecipeLike,
-    run_dir: str | Path | None = None,
-    *,
-    teacher: nn.Module | None = None,
-    data: DataBundle | None = None,
-    overrides: list[str] | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    tflm: str | None = None,
-    quiet: bool = False,
+    recipe: RecipeLike, run_dir: str | Path | None = None, *, tflm: str | None = None, **options: Unpack[DistillOptions]
 ) -> RunResult | None:
     """Distil, export and benchmark (against the recipe's `bench:` section), loading the data once.
-    Under torchrun only rank 0 exports and benchmarks; the other ranks return None."""
+    `tflm`: a TensorFlow Lite Micro tree for the device run. Under torchrun only rank 0 exports and
+    benchmarks; the other ranks return None."""
     from edgekd.benchmarks.bench import resolve_target
     from edgekd.benchmarks.profiles import load_device, parse_budget
     from edgekd.data import load_data
-    from edgekd.pipeline import default_run_dir
     from edgekd.pipeline import distill as run_distill
 
-    loaded = load_recipe(recipe, overrides, teacher_given=teacher is not None, data=data)
+    loaded, out = _resolve(recipe, run_dir, options)
     profile = load_device(loaded.bench.device)
     parse_budget(loaded.bench.budget, profile)  # bad device, budget or target: fail before training
     resolve_target(loaded.bench.target, profile, tflm)
-    out = Path(run_dir) if run_dir is not None else default_run_dir(loaded)
-    console = _console(quiet)
-    data = data if data is not None else load_data(loaded.data, loaded.seed)
-    options = dict(resume=resume, overwrite=overwrite, console=console, data=data, teacher=teacher)
+    data = options["data"] if options.get("data") is not None else load_data(loaded.data, loaded.seed)
+    quiet = options.get("quiet", False)
     if os.environ.get("RANK", "0") != "0":  # under torchrun: the other processes help train, rank 0 goes on
-        run_distill(loaded, out, **options)
+        run_distill(loaded, out, **_pipeline(options, data))
         return None
     with RunDir(out).locked():  # one process owns the run from training to report
-        summary = run_distill(loaded, out, **options)
+        summary = run_distill(loaded, out, **_pipeline(options, data))
         exported = export(out, data=data, quiet=quiet)
         report = bench(
             out,

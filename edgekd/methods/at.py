@@ -15,10 +15,8 @@ from pydantic import Field
 from torch import nn
 
 from edgekd.config import DistillSettings
-from edgekd.methods.base import FrozenTeacherMethod
-from edgekd.methods.features import logits_and_features, stage_pairs
-from edgekd.methods.kd import kd_loss
 from edgekd.methods.registry import register_method
+from edgekd.methods.stage_pairs import StagePairMethod
 
 
 class ATConfig(DistillSettings):
@@ -46,38 +44,12 @@ def attention_loss(student_features: torch.Tensor, teacher_features: torch.Tenso
 
 
 @register_method("at", config=ATConfig, recipe="mnist5k_at")
-class AttentionTransfer(FrozenTeacherMethod):
-    def __init__(
-        self,
-        student: nn.Module,
-        teacher: nn.Module,
-        *,
-        stages: list[tuple[int | str, int | str]],
-        w_ce: float,
-        w_at: float,
-        w_kd: float,
-        temperature: float,
-        p: float,
-    ):
-        self.student_indices, self.teacher_indices = stage_pairs(student, teacher, stages)
-        super().__init__(student, teacher, teacher_stages=self.teacher_indices)
-        self.w_ce, self.w_at, self.w_kd, self.temperature, self.p = w_ce, w_at, w_kd, temperature, p
+class AttentionTransfer(StagePairMethod):
+    loss_name = "at"
 
-    @classmethod
-    def check(cls, config: ATConfig, student: nn.Module, teacher: nn.Module) -> None:
-        stage_pairs(student, teacher, config.stages)
+    def __init__(self, student: nn.Module, teacher: nn.Module, *, w_at: float, p: float, **common):
+        super().__init__(student, teacher, w_pairs=w_at, **common)  # stages, w_ce, w_kd, temperature
+        self.p = p
 
-    @classmethod
-    def from_config(cls, config: ATConfig, student: nn.Module, teacher: nn.Module, context) -> AttentionTransfer:
-        return cls(student, teacher, **config.method_options())
-
-    def forward(
-        self, images: torch.Tensor, labels: torch.Tensor, index=None
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        student_logits, student_features = logits_and_features(self.student, images, self.student_indices)
-        teacher_logits, teacher_features = self.teacher_outputs(images, index)
-        at = sum(attention_loss(s, t, self.p) for s, t in zip(student_features, teacher_features, strict=True))
-        losses = {"ce": self.w_ce * F.cross_entropy(student_logits, labels), "at": self.w_at * at}
-        if self.w_kd:
-            losses["kd"] = self.w_kd * kd_loss(student_logits, teacher_logits, self.temperature)
-        return student_logits, losses
+    def pair_loss(self, student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
+        return attention_loss(student_features, teacher_features, self.p)

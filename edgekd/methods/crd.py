@@ -126,14 +126,9 @@ class CRD(FrozenTeacherMethod):
 
     @classmethod
     def from_config(cls, config: CRDConfig, student: nn.Module, teacher: nn.Module, context) -> CRD:
-        return cls(
-            student,
-            teacher,
-            bank_size=context.train_images,
-            student_dim=student.num_features,
-            teacher_dim=teacher.num_features,
-            **config.method_options(),
-        )
+        sizes = {"bank_size": context.train_images, "student_dim": student.num_features,
+                 "teacher_dim": teacher.num_features}  # fmt: skip
+        return cls(student, teacher, **sizes, **config.method_options())
 
     def teacher_forward(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         logits, features = pre_logits(self.teacher, images)

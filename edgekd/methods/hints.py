@@ -101,14 +101,8 @@ class Hints(FrozenTeacherMethod):
             teacher,
             in_chans=context.in_chans,
             image_size=context.image_size,
-            student_stage=config.student_stage,
-            teacher_stage=config.teacher_stage,
-            w_ce=config.w_ce,
-            w_hint=config.w_hint,
-            w_kd=config.w_kd,
-            temperature=config.temperature,
             stagewise=config.hint_schedule == "stagewise",
-            hint_epochs=config.hint_epochs,
+            **config.method_options(exclude={"hint_schedule"}),
         )
 
     def start_epoch(self, epoch: int, epochs: int) -> None:

@@ -23,10 +23,8 @@ from pydantic import Field
 from torch import nn
 
 from edgekd.config import DistillSettings
-from edgekd.methods.base import FrozenTeacherMethod
-from edgekd.methods.features import logits_and_features, stage_pairs
-from edgekd.methods.kd import kd_loss
 from edgekd.methods.registry import register_method
+from edgekd.methods.stage_pairs import StagePairMethod
 
 
 class NSTConfig(DistillSettings):
@@ -66,39 +64,12 @@ def nst_loss(student: torch.Tensor, teacher: torch.Tensor, degree: int = 2, cons
 
 
 @register_method("nst", config=NSTConfig, recipe="mnist5k_nst")
-class NST(FrozenTeacherMethod):
-    def __init__(
-        self,
-        student: nn.Module,
-        teacher: nn.Module,
-        *,
-        stages: list[tuple[int | str, int | str]],
-        w_ce: float,
-        w_nst: float,
-        w_kd: float,
-        temperature: float,
-        degree: int,
-        constant: float,
-    ):
-        self.student_indices, teacher_indices = stage_pairs(student, teacher, stages)
-        super().__init__(student, teacher, teacher_stages=teacher_indices)
-        self.w_ce, self.w_nst, self.w_kd, self.temperature = w_ce, w_nst, w_kd, temperature
+class NST(StagePairMethod):
+    loss_name = "nst"
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, *, w_nst: float, degree: int, constant: float, **common):
+        super().__init__(student, teacher, w_pairs=w_nst, **common)  # stages, w_ce, w_kd, temperature
         self.degree, self.constant = degree, constant
 
-    @classmethod
-    def check(cls, config: NSTConfig, student: nn.Module, teacher: nn.Module) -> None:
-        stage_pairs(student, teacher, config.stages)
-
-    @classmethod
-    def from_config(cls, config: NSTConfig, student: nn.Module, teacher: nn.Module, context) -> NST:
-        return cls(student, teacher, **config.method_options())
-
-    def forward(self, images, labels, index=None):
-        student_logits, student_features = logits_and_features(self.student, images, self.student_indices)
-        teacher_logits, teacher_features = self.teacher_outputs(images, index)
-        pairs = zip(student_features, teacher_features, strict=True)
-        nst = sum(nst_loss(s, t, self.degree, self.constant) for s, t in pairs)
-        losses = {"ce": self.w_ce * F.cross_entropy(student_logits, labels), "nst": self.w_nst * nst}
-        if self.w_kd:
-            losses["kd"] = self.w_kd * kd_loss(student_logits, teacher_logits, self.temperature)
-        return student_logits, losses
+    def pair_loss(self, student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
+        return nst_loss(student_features, teacher_features, self.degree, self.constant)
