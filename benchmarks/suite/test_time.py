@@ -37,14 +37,15 @@ def environment_for(commit: str, scratch: Path) -> tuple[Path, Path]:
     subprocess.run(["git", "worktree", "add", "--detach", str(tree), commit], cwd=REPO, check=True,
                    capture_output=True)  # fmt: skip
     venv = scratch / f"venv-{commit}"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
     own = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                               check=True, capture_output=True, text=True).stdout.strip())  # fmt: skip
     # .venv's packages, behind this environment's own (where the worktree's edgekd goes).
     (own / "shared.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--editable", str(tree)], check=True)  # fmt: skip
+    # This checkout's pip, installing into the new environment, builds with .venv's setuptools.
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps",
+                    "--no-build-isolation", "--editable", str(tree)], check=True)  # fmt: skip
     return tree, python
 
 
