@@ -286,10 +286,8 @@ def test_the_summary_table_fits_80_columns():
 
 @pytest.mark.slow
 def test_two_processes_under_torchrun_kill_and_resume(tmp_path, tiny_recipe, write_recipe):
-    import os
-    import shutil
 
-    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    torchrun = [sys.executable, "-m", "torch.distributed.run"]  # the `torchrun` script, without needing it on PATH
     tiny_recipe["distill"].update(epochs=8, lr=0.05)  # long enough to stop it midway, and to learn the task
     tiny_recipe["baseline"] = {"enabled": False}
     recipe_path = write_recipe(tiny_recipe)
@@ -301,7 +299,7 @@ def test_two_processes_under_torchrun_kill_and_resume(tmp_path, tiny_recipe, wri
     assert single.returncode == 0, single.stderr
 
     run_dir = tmp_path / "two"
-    command = [torchrun, "--standalone", "--nproc_per_node=2", "-m", "edgekd", "distill", str(recipe_path),
+    command = [*torchrun, "--standalone", "--nproc_per_node=2", "-m", "edgekd", "distill", str(recipe_path),
                "--out", str(run_dir)]  # fmt: skip
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     seen = []

@@ -50,13 +50,15 @@ def environment_for(commit: str, scratch: Path) -> tuple[Path, Path]:
 
 
 def timed_suite(tree: Path, python: Path) -> tuple[float, str]:
-    """Wall seconds of the whole suite in `tree`, and pytest's last line."""
+    """Wall seconds of the whole suite in `tree`, and pytest's last line with the failed tests' names."""
     started = time.perf_counter()
     command = [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider"]
     result = subprocess.run(command, cwd=tree, capture_output=True, text=True, env=dict(os.environ))
     seconds = time.perf_counter() - started
     last = [line for line in result.stdout.splitlines() if re.search(r"\d+ (passed|failed)", line)]
-    return seconds, (last[-1] if last else f"exit {result.returncode}").strip("= ")
+    failed = [line.split()[1] for line in result.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
+    outcome = (last[-1] if last else f"exit {result.returncode}").strip("= ")
+    return seconds, outcome + (f" ({', '.join(failed)})" if failed else "")
 
 
 def main() -> None:

@@ -13,7 +13,8 @@ estimates the contrastive objective:
 Per step: w_ce · CE + w_kd · T² · KL (Hinton KD) + w_crd · (L_NCE student-anchored + L_NCE
 teacher-anchored). The memories then move towards the batch's embeddings (momentum 0.5). The paper
 draws 16,384 negatives from CIFAR-100's 50,000 images; here K is min(nce_k, N − 1), and negatives
-never include the positive image itself. Under torchrun each process keeps its own memory bank.
+never include the positive image itself. Under torchrun the memory bank is rank 0's (DDP broadcasts
+buffers every step), so only rank 0's share of each batch moves it.
 """
 
 from __future__ import annotations
