@@ -167,7 +167,7 @@ def distill(
         refused = world.broadcast(refused)  # the other processes stop with rank 0's reason
         if refused is not None:
             raise refused
-        previous = run.read_summary() if resume and run.summary.is_file() else None
+        previous = run.read_summary() if resume else None
         session = Session.open(recipe, run, data, console, resume=resume, world=world, transfer=transfer)
         session.given_teacher = teacher
         if previous is not None:  # a finished stage resumed keeps what its method measured then
@@ -373,7 +373,7 @@ def train_student(
 def teacher_cache_decision(recipe: Recipe, method, data: DataBundle) -> tuple[bool, str]:
     """Whether to compute the teacher's outputs once instead of every step, and why. Only a frozen teacher
     that sees each training image the same way every time can be cached (never one the method trains)."""
-    wanted = getattr(recipe.distill, "cache_teacher", "off")
+    wanted = recipe.distill.cache_teacher
     if not isinstance(method, FrozenTeacherMethod):
         return False, f"method {recipe.distill.method} has no frozen teacher"
     if wanted == "off":

@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -176,10 +175,3 @@ def test_sample(run: RunDir) -> tuple[np.ndarray, np.ndarray] | None:
         return None
     with np.load(run.test_sample) as sample:
         return sample["images"], sample["labels"]
-
-
-def failed_checks(report: ExportReport | dict[str, Any]) -> list[str]:
-    """'format: check' for every failed check."""
-    if isinstance(report, dict):
-        report = ExportReport.model_validate(report)
-    return report.failed_checks()

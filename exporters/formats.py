@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from edgekd.checks import Check, check, holds
+from edgekd.checks import check, holds
 from edgekd.data import DataBundle
 from edgekd.exporters import c_array, mcu_project, onnx, tflite
 from edgekd.exporters.runtimes import LiteRTRunner, MicroRunner, OnnxRunner, Runner
@@ -253,7 +253,3 @@ def firmware_project(job: ExportJob, path: Path) -> dict[str, Any]:
         check_operators(tflite_path, tree)  # an operator TFLM lacks is bad input: one line, exit 2
         kernels = holds("TFLM kernels", True, f"{', '.join(ops)}: every operator has a kernel in {tree}")
     return {"info": {"operators": ops}, "checks": [kernels]}
-
-
-def checks_of(entry: dict[str, Any]) -> list[Check]:
-    return entry.get("checks", [])
