@@ -142,6 +142,14 @@ def test_a_stage_pair_that_does_not_exist_is_one_line_naming_the_stages(capsys, 
     assert not (tmp_path / "run").exists(), "rejected before anything is trained or written"
 
 
+def test_more_specialists_than_classes_is_one_line_before_training(capsys, tmp_path, tiny_recipe, write_recipe):
+    tiny_recipe["distill"] = {"method": "specialists", "specialists": 9, "epochs": 1, "lr": 0.01}
+    code, _, err = run_cli(capsys, "distill", write_recipe(tiny_recipe), "--out", tmp_path / "run")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "distill.specialists: 9 clusters of 4 classes; give 1 to 4" in err
+    assert not (tmp_path / "run").exists()
+
+
 # ---------------------------------------------------------------- teacher-free KD and label smoothing
 
 

@@ -33,6 +33,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from edgekd.config import DistillSettings, TrainConfig
+from edgekd.errors import RecipeError
 from edgekd.methods.base import FrozenTeacherMethod
 from edgekd.methods.kd import kd_loss
 from edgekd.methods.plain import Plain
@@ -61,7 +62,7 @@ def confusable_clusters(probabilities: np.ndarray, count: int, seed: int) -> lis
 
     classes = probabilities.shape[1]
     if not 1 <= count <= classes:
-        raise ValueError(f"distill.specialists: {count} clusters of {classes} classes; give 1 to {classes}")
+        raise RecipeError(f"distill.specialists: {count} clusters of {classes} classes; give 1 to {classes}")
     covariance = np.cov(probabilities, rowvar=False)
     labels = KMeans(n_clusters=count, n_init=10, random_state=seed).fit(covariance).labels_
     return [sorted(int(c) for c in np.flatnonzero(labels == m)) for m in range(count) if (labels == m).any()]
@@ -167,6 +168,16 @@ class Specialists(FrozenTeacherMethod):
         self.temperature, self.w_ce, self.w_kd = temperature, w_ce, w_kd
 
     @classmethod
+    def check(cls, config: SpecialistsConfig, student: nn.Module, teacher: nn.Module) -> None:
+        classes = getattr(teacher, "num_classes", None)
+        if not hasattr(teacher, "reset_classifier") or classes is None:
+            raise RecipeError(f"specialists: the teacher {type(teacher).__name__} is not a timm model "
+                              "(specialists replace its classifier with reset_classifier)")  # fmt: skip
+        if config.specialists > classes:
+            raise RecipeError(f"distill.specialists: {config.specialists} clusters of {classes} classes; "
+                              f"give 1 to {classes}")  # fmt: skip
+
+    @classmethod
     def from_config(cls, config: SpecialistsConfig, student: nn.Module, teacher: nn.Module, context) -> Specialists:
         from edgekd.data import Batches
 
@@ -181,8 +192,6 @@ class Specialists(FrozenTeacherMethod):
         specialists = []
         for m, classes in enumerate(clusters):
             model = copy.deepcopy(generalist).train().requires_grad_(True)
-            if not hasattr(model, "reset_classifier"):
-                raise ValueError(f"specialists: the teacher {type(model).__name__} has no reset_classifier (timm's)")
             model.reset_classifier(len(classes) + 1)
             model = runtime.place(model)
             context.train(f"specialist_{m + 1}", Plain(model), config.specialist_train, _enriched(data, classes, m))
