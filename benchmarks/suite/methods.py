@@ -3,20 +3,30 @@
 The base recipe (quickstart by default) gives the data, the teacher, the student, the baseline and the
 training settings (epochs, optimiser, learning rate, schedule); each method adds only its own options,
 from the bundled recipe its registry entry names. So only the method differs. Per seed the teacher and
-the baseline are trained once (the pipeline's own stages) and shared. Test accuracy, mean ± std over
-seeds, of the PyTorch student and of its full-integer int8 TFLite export (TFLite's reference kernels,
-which compute what TFLite-Micro computes, bit for bit).
+the baseline are trained once (the pipeline's own stages) and every method's student starts from them.
+Test accuracy, mean ± std over seeds, of the PyTorch student and of its full-integer int8 TFLite export
+(TFLite's reference kernels, which compute what TFLite-Micro computes, bit for bit).
 
-    python benchmarks/suite/methods.py [--base quickstart] [--seeds 0,1,2] [--methods kd,hints,...]
+Each (seed, row) is one unit of work. With --jobs N, N processes of one thread each take units as they
+become ready (a seed's methods after its teacher and baseline): on two cores two one-thread processes
+train ~1.45× the images per second of one two-thread process. Results depend on the thread count (float
+sums in another order), so the table says which was used.
+
+    python benchmarks/suite/methods.py [--base quickstart] [--seeds 0,1,2] [--methods kd,hints,...] [--jobs 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import multiprocessing
+import os
+import shutil
 import statistics
 import tempfile
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,16 +35,41 @@ from results import write_section
 from rich.console import Console
 
 from edgekd.config import TrainConfig
-from edgekd.data import labels_of, load_data
+from edgekd.data import labels_of, load_data, transfer_set
 from edgekd.exporters import tflite
 from edgekd.exporters.runtimes import LiteRTRunner
 from edgekd.methods import METHODS
 from edgekd.pipeline import Session, train_baseline, train_student, train_teachers
-from edgekd.recipe import load_recipe
+from edgekd.recipe import Recipe, load_recipe
 from edgekd.rundir import RunDir
 
 CALIBRATION_IMAGES = 200
 VARIANTS = ["kd+mixup=mnist5k_kd_mixup"]  # rows that are a registered method with other options
+BASELINE = "baseline"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One row of one seed. `recipe` is what that row trains: for BASELINE the base recipe (its teacher
+    and baseline are what the seed's methods start from), for the label-smoothing row the base recipe
+    with baseline.label_smoothing, for a method the base recipe with the method's distill section."""
+
+    row: str
+    seed: int
+    recipe: Recipe
+    kind: str  # "baseline" | "smoothed" | "method"
+
+    def folder(self, scratch: Path) -> Path:
+        return scratch / f"seed{self.seed}" / self.row.replace(" ", "_").replace(",", "")
+
+
+@dataclass(frozen=True)
+class Scored:
+    row: str
+    seed: int
+    fp32: float
+    int8: float
+    seconds: float
 
 
 def int8_accuracy(student: torch.nn.Module, data) -> float:
@@ -49,6 +84,62 @@ def int8_accuracy(student: torch.nn.Module, data) -> float:
     return float((predictions == labels_of(data.test)).mean())
 
 
+def run_unit(unit: Unit, scratch: Path, threads: int | None, quiet: bool) -> Scored:
+    """Train and score one row of one seed in its own run folder. A method's folder starts with copies of
+    the seed's teacher and baseline weights, which the pipeline's resume path loads instead of training."""
+    started = time.perf_counter()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    console = Console(stderr=True, quiet=quiet)
+    recipe = unit.recipe
+    data = load_data(recipe.data, unit.seed)
+    folder = unit.folder(scratch)
+    folder.mkdir(parents=True)
+    if unit.kind == "method":
+        base = Unit(BASELINE, unit.seed, recipe, "baseline").folder(scratch)
+        for stage in ("teacher", BASELINE):
+            shutil.copy(RunDir(base).weights(stage), RunDir(folder).weights(stage))
+    session = Session.open(recipe, RunDir(folder), data, console, resume=True)
+    if unit.kind == "smoothed":
+        student, result = train_baseline(session)
+    else:
+        needs_teacher = unit.kind == "baseline" or METHODS.get(recipe.distill.method).needs_teacher
+        teacher = train_teachers(session)[0] if needs_teacher else None
+        baseline = train_baseline(session)
+        student, result = baseline if unit.kind == "baseline" else train_student(session, teacher, baseline[0])
+    accuracy = result.test_accuracy
+    return Scored(unit.row, unit.seed, accuracy, int8_accuracy(student, data), time.perf_counter() - started)
+
+
+def run_all(baselines: list[Unit], methods: dict[int, list[Unit]], jobs: int, scratch: Path) -> list[Scored]:
+    """Every unit, a seed's methods only once its teacher and baseline are saved."""
+    done: list[Scored] = []
+
+    def finished(scored: Scored) -> None:
+        done.append(scored)
+        print(f"seed {scored.seed} {scored.row}: {scored.fp32:.2%}, int8 {scored.int8:.2%} ({scored.seconds:,.0f} s)",
+              flush=True)  # fmt: skip
+
+    if jobs == 1:
+        for unit in baselines:
+            finished(run_unit(unit, scratch, None, quiet=False))
+            for method in methods.get(unit.seed, []) if unit.kind == "baseline" else []:
+                finished(run_unit(method, scratch, None, quiet=False))
+        return done
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    context = multiprocessing.get_context("spawn")  # forking a process that runs torch threads can hang
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        pending: dict[Future, Unit] = {pool.submit(run_unit, u, scratch, threads, True): u for u in baselines}
+        while pending:
+            ready, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in ready:
+                unit = pending.pop(future)
+                finished(future.result())
+                if unit.kind == "baseline":
+                    pending |= {pool.submit(run_unit, m, scratch, threads, True): m for m in methods[unit.seed]}
+    return done
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="quickstart", help="recipe giving data, models and training settings")
@@ -59,6 +150,7 @@ def main() -> None:
         help="registered method names (options from the recipe their entry names) or ROW=RECIPE",
     )
     parser.add_argument("--label-smoothing", type=float, default=0.1, help="a second baseline row; 0: none")
+    parser.add_argument("--jobs", type=int, default=1, help="processes, one thread each when more than one")
     args = parser.parse_args()
     rows_wanted = args.methods.split(",")
     methods = [item.partition("=")[0] for item in rows_wanted]
@@ -67,45 +159,44 @@ def main() -> None:
     training = reference.distill.model_dump(include=set(TrainConfig.model_fields))
     configs = {m: load_recipe(options[m]).distill.model_copy(update=training) for m in methods}
     smoothed = f"baseline, label smoothing {args.label_smoothing:g}"
-    baselines = ["baseline", smoothed] if args.label_smoothing else ["baseline"]
-    console = Console(stderr=True)
-    fp32: dict[str, list[float]] = {name: [] for name in [*baselines, *methods]}
-    int8: dict[str, list[float]] = {name: [] for name in [*baselines, *methods]}
-    started = time.perf_counter()
-    for seed in [int(s) for s in args.seeds.split(",")]:
+    if args.label_smoothing:
+        options[smoothed] = f"baseline.label_smoothing: {args.label_smoothing:g}"
+    seeds = [int(s) for s in args.seeds.split(",")]
+
+    base_units, method_units = [], {}
+    for seed in seeds:
         recipe = reference.model_copy(update={"seed": seed})
-        data = load_data(recipe.data, seed)
+        base_units.append(Unit(BASELINE, seed, recipe, "baseline"))
+        method_units[seed] = [
+            Unit(name, seed, recipe.model_copy(update={"distill": configs[name]}), "method") for name in methods
+        ]
+    if args.label_smoothing:
+        for seed in seeds:  # needs no teacher: runs beside the first seeds' teachers
+            recipe = reference.model_copy(update={"seed": seed})
+            smoothing = recipe.baseline.model_copy(update={"label_smoothing": args.label_smoothing})
+            base_units.append(Unit(smoothed, seed, recipe.model_copy(update={"baseline": smoothing}), "smoothed"))
 
-        def record(name: str, trained, data=data, seed=seed) -> None:
-            student, result = trained
-            fp32[name].append(result.test_accuracy)
-            int8[name].append(int8_accuracy(student, data))
-            print(f"seed {seed} {name}: {result.test_accuracy:.2%}, int8 {int8[name][-1]:.2%}", flush=True)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as scratch:
+        scored = run_all(base_units, method_units, args.jobs, Path(scratch))
+    seconds = time.perf_counter() - started
+    data = load_data(reference.data, seeds[0])
+    transfer = transfer_set(data, reference.data, seeds[0])
 
-        with tempfile.TemporaryDirectory() as scratch:
-            session = Session.open(recipe, RunDir(Path(scratch)), data, console)
-            teacher, _ = train_teachers(session)
-            baseline = train_baseline(session)
-            record("baseline", baseline)
-            if args.label_smoothing:
-                options[smoothed] = f"baseline.label_smoothing: {args.label_smoothing:g}"
-                smoothing = recipe.baseline.model_copy(update={"label_smoothing": args.label_smoothing})
-                session.recipe = recipe.model_copy(update={"baseline": smoothing})
-                record(smoothed, train_baseline(session))
-            for name in methods:
-                session.recipe = recipe.model_copy(update={"distill": configs[name]})
-                given = copy.deepcopy(teacher) if METHODS.get(configs[name].method).needs_teacher else None
-                record(name, train_student(session, given, baseline[0]))
-    transfer = session.transfer
-    base = statistics.mean(fp32["baseline"])
+    names = [BASELINE, *([smoothed] if args.label_smoothing else []), *methods]
+    by_key = {(s.row, s.seed): s for s in scored}
+    fp32 = {name: [by_key[name, seed].fp32 for seed in seeds] for name in names}
+    int8 = {name: [by_key[name, seed].int8 for seed in seeds] for name in names}
+    base = statistics.mean(fp32[BASELINE])
     rows = [
         "| method | options from | test accuracy (mean ± std) | per seed | vs. baseline | int8 TFLite (mean ± std) |",
         "| --- | --- | ---: | --- | ---: | ---: |",
     ]
-    for name, values in fp32.items():
+    for name in names:
+        values = fp32[name]
         mean, std = statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
         int8_mean, int8_std = statistics.mean(int8[name]), statistics.stdev(int8[name]) if len(values) > 1 else 0.0
-        gain = "–" if name == "baseline" else f"{(mean - base) * 100:+.2f} pt"
+        gain = "–" if name == BASELINE else f"{(mean - base) * 100:+.2f} pt"
         per_seed = " / ".join(f"{v:.1%}" for v in values)
         rows.append(
             f"| {name} | {options.get(name) or '–'} | {mean:.2%} ± {std:.2%} | {per_seed} | {gain} "
@@ -113,21 +204,24 @@ def main() -> None:
         )
         print(rows[-1], flush=True)
     settings = reference.distill
+    threads = f"{args.jobs} processes × {max(1, (os.cpu_count() or 1) // args.jobs)} thread" if args.jobs > 1 else (
+        f"1 process × {torch.get_num_threads()} threads")  # fmt: skip
     body = (
         f"Base recipe `{reference.name}`: {reference.description}. The teacher ({reference.teachers[0].model}) "
         f"learns from {len(data.train):,} training images, every student from {len(transfer.train):,}; "
         f"{len(data.test):,} test images. {settings.epochs} epochs {settings.optimizer} {settings.schedule}, "
         f"lr {settings.lr:g} for the distilled students and {reference.baseline_train_config().lr:g} for the "
         f"baseline (each picked on validation; see the learning-rate sections), seeds {args.seeds}; "
-        f"{time.perf_counter() - started:,.0f} s in all, {torch.get_num_threads()} threads. Last-epoch test accuracy "
-        "of the PyTorch student and of its int8 TFLite export. A method that needs no teacher trains its students "
-        "from each other; the first is scored.\n\n" + "\n".join(rows)
+        f"{seconds:,.0f} s in all, {threads}. Last-epoch test accuracy of the PyTorch student and of its int8 "
+        "TFLite export. A method that needs no teacher trains its students from each other or from itself; the "
+        "first student is scored.\n\n" + "\n".join(rows)
     )
     every = parser.get_default("methods")
     subset = "" if args.methods == every else f" ({', '.join(methods)})"  # a subset gets a section of its own
+    jobs = f" --jobs {args.jobs}" if args.jobs > 1 else ""
     write_section(
         f"distillation methods: {reference.name}{subset}",
-        f"python benchmarks/suite/methods.py --base {args.base} --seeds {args.seeds} --methods {args.methods}",
+        f"python benchmarks/suite/methods.py --base {args.base} --seeds {args.seeds} --methods {args.methods}{jobs}",
         body,
     )
 
