@@ -13,8 +13,9 @@ export EDGEKD_TFLM ?= $(abspath $(firstword $(wildcard ../shared/third_party/tfl
 demo: $(INSTALLED) toolchain  ## distil, export and benchmark the bundled quickstart recipe into runs/quickstart
 	$(BIN)/edgekd run recipes/quickstart.yaml --overwrite
 
-readme: demo  ## regenerate the README's report excerpt from runs/quickstart
+readme: demo  ## regenerate the README's report excerpt from runs/quickstart, and its methods table from RESULTS.md
 	$(BIN)/python benchmarks/suite/readme_excerpt.py runs/quickstart
+	$(BIN)/python benchmarks/suite/readme_methods.py
 
 test: $(INSTALLED) toolchain  ## the whole suite, slow end-to-end tests included (what CI runs)
 	$(BIN)/python -m pytest
