@@ -12,6 +12,11 @@ become ready (a seed's methods after its teacher and baseline): on two cores two
 train ~1.45× the images per second of one two-thread process. Results depend on the thread count (float
 sums in another order), so the table says which was used.
 
+Every finished unit is appended at once to a record (benchmarks/results/methods_<base>.jsonl), stamped with
+a fingerprint of what decides its numbers: the library's source, the recipes, torch's version and the
+thread count. A rerun skips the units already recorded under the same fingerprint, so a long table killed
+halfway (a session's end, Ctrl-C) continues where it stopped; the table is written once every unit is in.
+
     python benchmarks/suite/methods.py [--base quickstart] [--seeds 0,1,2] [--methods kd,hints,...] [--jobs 2]
 """
 
@@ -19,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
+import json
 import multiprocessing
 import os
 import shutil
@@ -26,7 +33,7 @@ import statistics
 import tempfile
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +50,7 @@ from edgekd.pipeline import Session, train_baseline, train_student, train_teache
 from edgekd.recipe import Recipe, load_recipe
 from edgekd.rundir import RunDir
 
+ROOT = Path(__file__).resolve().parents[2]
 CALIBRATION_IMAGES = 200
 VARIANTS = ["kd+mixup=mnist5k_kd_mixup"]  # rows that are a registered method with other options
 BASELINE = "baseline"
@@ -70,6 +78,26 @@ class Scored:
     fp32: float
     int8: float
     seconds: float
+    fingerprint: str = ""
+
+
+def fingerprint(threads: int) -> str:
+    """What a unit's numbers depend on besides its seed and row: edgekd's source (library, exporters,
+    recipes, this script), torch's version and the threads each process runs."""
+    digest = hashlib.sha256(f"torch {torch.__version__}, {threads} threads".encode())
+    sources = [p for folder in ("edgekd", "exporters", "recipes") for p in (ROOT / folder).rglob("*")]
+    for path in sorted([*sources, Path(__file__).resolve()]):
+        if path.suffix in (".py", ".yaml"):
+            digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def read_record(path: Path, version: str) -> dict[tuple[str, int], Scored]:
+    """The units `path` holds under fingerprint `version` (the last one of each row and seed)."""
+    if not path.is_file():
+        return {}
+    scored = [Scored(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+    return {(s.row, s.seed): s for s in scored if s.fingerprint == version}
 
 
 def int8_accuracy(student: torch.nn.Module, data) -> float:
@@ -111,12 +139,11 @@ def run_unit(unit: Unit, scratch: Path, threads: int | None, quiet: bool) -> Sco
     return Scored(unit.row, unit.seed, accuracy, int8_accuracy(student, data), time.perf_counter() - started)
 
 
-def run_all(baselines: list[Unit], methods: dict[int, list[Unit]], jobs: int, scratch: Path) -> list[Scored]:
-    """Every unit, a seed's methods only once its teacher and baseline are saved."""
-    done: list[Scored] = []
+def run_all(baselines: list[Unit], methods: dict[int, list[Unit]], jobs: int, scratch: Path, record) -> None:
+    """Every unit, a seed's methods only once its teacher and baseline are saved; `record` gets each result."""
 
     def finished(scored: Scored) -> None:
-        done.append(scored)
+        record(scored)
         print(f"seed {scored.seed} {scored.row}: {scored.fp32:.2%}, int8 {scored.int8:.2%} ({scored.seconds:,.0f} s)",
               flush=True)  # fmt: skip
 
@@ -125,7 +152,7 @@ def run_all(baselines: list[Unit], methods: dict[int, list[Unit]], jobs: int, sc
             finished(run_unit(unit, scratch, None, quiet=False))
             for method in methods.get(unit.seed, []) if unit.kind == "baseline" else []:
                 finished(run_unit(method, scratch, None, quiet=False))
-        return done
+        return
     threads = max(1, (os.cpu_count() or 1) // jobs)
     context = multiprocessing.get_context("spawn")  # forking a process that runs torch threads can hang
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
@@ -137,7 +164,6 @@ def run_all(baselines: list[Unit], methods: dict[int, list[Unit]], jobs: int, sc
                 finished(future.result())
                 if unit.kind == "baseline":
                     pending |= {pool.submit(run_unit, m, scratch, threads, True): m for m in methods[unit.seed]}
-    return done
 
 
 def main() -> None:
@@ -151,6 +177,8 @@ def main() -> None:
     )
     parser.add_argument("--label-smoothing", type=float, default=0.1, help="a second baseline row; 0: none")
     parser.add_argument("--jobs", type=int, default=1, help="processes, one thread each when more than one")
+    parser.add_argument("--record", type=Path, help="default: benchmarks/results/methods_<base>.jsonl")
+    parser.add_argument("--fresh", action="store_true", help="run every unit again, even those recorded")
     args = parser.parse_args()
     rows_wanted = args.methods.split(",")
     methods = [item.partition("=")[0] for item in rows_wanted]
@@ -176,17 +204,36 @@ def main() -> None:
             smoothing = recipe.baseline.model_copy(update={"label_smoothing": args.label_smoothing})
             base_units.append(Unit(smoothed, seed, recipe.model_copy(update={"baseline": smoothing}), "smoothed"))
 
-    started = time.perf_counter()
+    threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else torch.get_num_threads()
+    version = fingerprint(threads)
+    record_path = args.record or ROOT / "benchmarks" / "results" / f"methods_{Path(args.base).stem}.jsonl"
+    recorded = {} if args.fresh else read_record(record_path, version)
+    method_units = {seed: [u for u in units if (u.row, u.seed) not in recorded] for seed, units in method_units.items()}
+    # A seed whose methods are all recorded needs no teacher; one with any left trains it again (same seed,
+    # same weights) for them.
+    base_units = [
+        u for u in base_units if (u.row, u.seed) not in recorded or (u.kind == "baseline" and method_units[u.seed])
+    ]
+    if recorded:
+        print(f"{len(recorded)} units already in {record_path} (fingerprint {version}); running "
+              f"{len(base_units) + sum(map(len, method_units.values()))} more", flush=True)  # fmt: skip
+    record_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def record(scored: Scored) -> None:
+        scored = Scored(**{**asdict(scored), "fingerprint": version})
+        recorded[scored.row, scored.seed] = scored
+        with record_path.open("a") as handle:
+            handle.write(json.dumps(asdict(scored)) + "\n")
+
     with tempfile.TemporaryDirectory() as scratch:
-        scored = run_all(base_units, method_units, args.jobs, Path(scratch))
-    seconds = time.perf_counter() - started
+        run_all(base_units, method_units, args.jobs, Path(scratch), record)
+    seconds = sum(s.seconds for s in recorded.values())
     data = load_data(reference.data, seeds[0])
     transfer = transfer_set(data, reference.data, seeds[0])
 
     names = [BASELINE, *([smoothed] if args.label_smoothing else []), *methods]
-    by_key = {(s.row, s.seed): s for s in scored}
-    fp32 = {name: [by_key[name, seed].fp32 for seed in seeds] for name in names}
-    int8 = {name: [by_key[name, seed].int8 for seed in seeds] for name in names}
+    fp32 = {name: [recorded[name, seed].fp32 for seed in seeds] for name in names}
+    int8 = {name: [recorded[name, seed].int8 for seed in seeds] for name in names}
     base = statistics.mean(fp32[BASELINE])
     rows = [
         "| method | options from | test accuracy (mean ± std) | per seed | vs. baseline | int8 TFLite (mean ± std) |",
@@ -204,15 +251,16 @@ def main() -> None:
         )
         print(rows[-1], flush=True)
     settings = reference.distill
-    threads = f"{args.jobs} processes × {max(1, (os.cpu_count() or 1) // args.jobs)} thread" if args.jobs > 1 else (
-        f"1 process × {torch.get_num_threads()} threads")  # fmt: skip
+    layout = f"{args.jobs} processes × {threads} thread" if args.jobs > 1 else f"1 process × {threads} threads"
     body = (
         f"Base recipe `{reference.name}`: {reference.description}. The teacher ({reference.teachers[0].model}) "
         f"learns from {len(data.train):,} training images, every student from {len(transfer.train):,}; "
         f"{len(data.test):,} test images. {settings.epochs} epochs {settings.optimizer} {settings.schedule}, "
         f"lr {settings.lr:g} for the distilled students and {reference.baseline_train_config().lr:g} for the "
         f"baseline (each picked on validation; see the learning-rate sections), seeds {args.seeds}; "
-        f"{seconds:,.0f} s in all, {threads}. Last-epoch test accuracy of the PyTorch student and of its int8 "
+        f"{seconds:,.0f} s of training and scoring in all ({layout}; units recorded in "
+        f"`{record_path.relative_to(ROOT) if record_path.is_relative_to(ROOT) else record_path}`, fingerprint "
+        f"{version}). Last-epoch test accuracy of the PyTorch student and of its int8 "
         "TFLite export. A method that needs no teacher trains its students from each other or from itself; the "
         "first student is scored.\n\n" + "\n".join(rows)
     )
