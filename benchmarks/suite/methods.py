@@ -8,9 +8,9 @@ Test accuracy, mean ± std over seeds, of the PyTorch student and of its full-in
 (TFLite's reference kernels, which compute what TFLite-Micro computes, bit for bit).
 
 Each (seed, row) is one unit of work. With --jobs N, N processes of one thread each take units as they
-become ready (a seed's methods after its teacher and baseline): on two cores two one-thread processes
-train ~1.45× the images per second of one two-thread process. Results depend on the thread count (float
-sums in another order), so the table says which was used.
+become ready (a seed's methods after its teacher and baseline): a small student uses a second thread
+poorly, so on two cores two one-thread processes finish sooner than one two-thread process. Results
+depend on the thread count (float sums in another order), so the table says which was used.
 
 Every finished unit is appended at once to a record (benchmarks/results/methods_<base>.jsonl), stamped with
 a fingerprint of what decides its numbers: the library's source, the recipes, torch's version and the
