@@ -62,8 +62,8 @@ def cell(row: Row | None, baseline: Row, name: str) -> str:
 
 def table(results: str) -> str:
     settings = {name: read_section(results, name) for name in SETTINGS}
-    methods: list[str] = []
-    for rows, _ in settings.values():
+    methods: list[str] = []  # the rows of the fullest table first, in its order
+    for rows, _ in sorted(settings.values(), key=lambda setting: -len(setting[0])):
         methods += [name for name in rows if name not in methods]
     lines = [
         "| method | " + " | ".join(SETTINGS.values()) + " |",
