@@ -5,7 +5,8 @@ The default "before" is a01c66d, the last commit before the speed work (Batches,
 teacher cache, one shared training run for the export and report tests). Each commit is checked out
 in a temporary git worktree and run with this checkout's installed packages (a throw-away virtual
 environment that sees .venv's site-packages and installs only the worktree's edgekd, editable,
-without dependencies). Run it with nothing else running.
+without dependencies). Every run starts from an empty edgekd cache, as CI does. Run it with nothing else
+running.
 
     python benchmarks/suite/test_time.py [--before a01c66d] [--after HEAD] [--runs 1]
 """
@@ -49,11 +50,15 @@ def environment_for(commit: str, scratch: Path) -> tuple[Path, Path]:
     return tree, python
 
 
-def timed_suite(tree: Path, python: Path) -> tuple[float, str]:
-    """Wall seconds of the whole suite in `tree`, and pytest's last line with the failed tests' names."""
+def timed_suite(tree: Path, python: Path, cache: Path) -> tuple[float, str]:
+    """Wall seconds of the whole suite in `tree`, and pytest's last line with the failed tests' names.
+
+    `cache` is a new, empty EDGEKD_CACHE, as on CI's clean machine: the TensorFlow Lite Micro library the
+    device tests need is built inside the timed run, not reused from an earlier one."""
     started = time.perf_counter()
     command = [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider"]
-    result = subprocess.run(command, cwd=tree, capture_output=True, text=True, env=dict(os.environ))
+    environment = {**os.environ, "EDGEKD_CACHE": str(cache)}
+    result = subprocess.run(command, cwd=tree, capture_output=True, text=True, env=environment)
     seconds = time.perf_counter() - started
     last = [line for line in result.stdout.splitlines() if re.search(r"\d+ (passed|failed)", line)]
     failed = [line.split()[1] for line in result.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
@@ -76,7 +81,7 @@ def main() -> None:
         try:
             for round_ in range(args.runs):
                 for name, (tree, python) in environments.items():
-                    took, outcome[name] = timed_suite(tree, python)
+                    took, outcome[name] = timed_suite(tree, python, scratch / f"cache-{name}-{round_}")
                     seconds[name].append(took)
                     print(f"round {round_ + 1} {name} ({commits[name]}): {took / 60:.1f} min, {outcome[name]}",
                           flush=True)  # fmt: skip
