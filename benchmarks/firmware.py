@@ -284,7 +284,7 @@ def build_firmware(
     first = not (lib / "libtflm.a").is_file()
     if first:
         log(
-            f"building the TFLite Micro library for {target.core} once (several CPU-minutes) into {lib}; "
+            f"building the TFLite Micro library for {target.core} once (a few CPU-minutes) into {lib}; "
             "later builds reuse it"
         )
     command = [

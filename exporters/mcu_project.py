@@ -18,6 +18,7 @@ from edgekd.exporters.tflite import read_graph
 
 TEMPLATE_FILES = (
     "Makefile",
+    "tflm_prefix.h",
     "platform.h",
     "edgekd_model.h",
     "edgekd_model.cc",
@@ -91,7 +92,7 @@ make TFLM_TREE=/path/to/tflm-tree CPU=cortex-m4      # or CPU=cortex-m7
 make TFLM_TREE=/path/to/tflm-tree CPU=cortex-m4 run  # needs qemu-system-arm
 ```
 
-The first build compiles the TFLM library (every kernel and CMSIS-NN: several CPU-minutes) into
+The first build compiles the TFLM library (every kernel and CMSIS-NN: a few CPU-minutes) into
 `LIB_DIR` (default `build/<cpu>/tflm`); set `LIB_DIR` to a shared folder to build it once for all
 projects. The benchmark reads test inputs from `edgekd_inputs.bin` in the current folder through
 semihosting (N int8 images back to back) or uses two built-in ones, and prints one `EDGEKD ...` line per
@@ -99,7 +100,8 @@ result.
 
 ## On your own board
 
-- Keep `edgekd_model.h/.cc`, `model_data.h/.cc`, `model_ops.h` and the TFLM library build rules.
+- Keep `edgekd_model.h/.cc`, `model_data.h/.cc`, `model_ops.h` and the TFLM library build rules (with
+  `tflm_prefix.h`, the header they precompile).
 - Replace `mps2/` with your board's startup code and linker script, and implement the four functions
   of `platform.h` (on Cortex-M4/M7, `DWT->CYCCNT` gives core cycles).
 - The arena is `kTensorArenaSize` = {arena_bytes:,} bytes (`model_data.h`), measured with TFLite Micro
