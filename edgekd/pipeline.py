@@ -128,7 +128,7 @@ def distill(
     every process trains its share of each batch; rank 0 alone holds the run directory's lock, writes
     into it and prints."""
     started = time.perf_counter()
-    runtime = Runtime.from_recipe(recipe.device, recipe.channels_last, recipe.amp)
+    runtime = Runtime.of(recipe)
     world = World.from_environment(runtime.device.type)
     console = console or Console(stderr=True)
     if not world.main:
@@ -219,7 +219,7 @@ class Session:
     ) -> Session:
         """A session over a run directory that is ready to write (distill prepares it; the suite uses
         a scratch folder)."""
-        runtime = Runtime.from_recipe(recipe.device, recipe.channels_last, recipe.amp)
+        runtime = Runtime.of(recipe)
         world = world or World.from_environment(runtime.device.type)
         transfer = transfer if transfer is not None else transfer_set(data, recipe.data, recipe.seed)
         board = run.tensorboard if recipe.log.tensorboard and world.main else None

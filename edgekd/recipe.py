@@ -191,6 +191,11 @@ class Recipe(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     channels_last: bool = True
     amp: bool = False
+    torch_compile: bool = Field(
+        False,
+        description="torch.compile each training step (opt-in: compiling takes minutes on a CPU and pays back "
+        "only on long runs; benchmarks/suite/throughput.py --compile measures it)",
+    )
     data: DataConfig
     teacher: TeacherConfig | list[TeacherConfig] | None = Field(
         None, description="one teacher, or a list (an ensemble); none for methods without a teacher"

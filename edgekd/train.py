@@ -53,14 +53,20 @@ class Runtime:
     device: torch.device
     channels_last: bool
     amp: bool
+    torch_compile: bool = False
 
     @classmethod
-    def from_recipe(cls, device: str, channels_last: bool, amp: bool) -> Runtime:
+    def from_recipe(cls, device: str, channels_last: bool, amp: bool, torch_compile: bool = False) -> Runtime:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device == "cuda" and not torch.cuda.is_available():
             raise EdgeKDError("device: cuda was asked for but torch sees no CUDA device; use device: auto or cpu")
-        return cls(torch.device(device), channels_last, amp)
+        return cls(torch.device(device), channels_last, amp, torch_compile)
+
+    @classmethod
+    def of(cls, recipe) -> Runtime:
+        """The runtime a recipe asks for (its device, channels_last, amp and torch_compile)."""
+        return cls.from_recipe(recipe.device, recipe.channels_last, recipe.amp, recipe.torch_compile)
 
     def place(self, module: nn.Module) -> nn.Module:
         module = module.to(self.device)
@@ -308,6 +314,10 @@ def train_stage(
     trainer = (
         DistributedDataParallel(method, find_unused_parameters=method.skips_parameters) if world.distributed else method
     )
+    if runtime.torch_compile:
+        # The compiled module shares the method's parameters; checkpoints, evaluation and export keep
+        # using the plain modules. One graph per batch shape (the last batch of an epoch may be smaller).
+        trainer = torch.compile(trainer, dynamic=False)
 
     started = time.perf_counter()
     cache_seconds = 0.0

@@ -4,7 +4,8 @@ win over a loop that runs the teacher every step (torchdistill's, for instance).
 The step is train.py's own (Batches, the method's forward, backward, fused AdamW, the scheduler, the
 running sums), timed phase by phase with a clock read after each; the teacher's forward on the same batch
 is timed beside it, as an uncached loop would run it. Warm-up, then `--rounds` rounds of `--steps` steps;
-the median round per phase. The weights are random: they change no phase's time.
+the median round per phase. Then one more round under torch.profiler: the operators that take the most
+time of the cached step (self CPU time). The weights are random: they change no phase's time.
 
     python benchmarks/suite/step_profile.py [--recipe benchmarks/suite/peer_torchdistill.yaml] [--steps 20]
 """
@@ -30,6 +31,20 @@ HERE = Path(__file__).resolve().parent
 PHASES = ("batch", "forward and loss", "backward", "optimizer", "scheduler and sums")
 
 
+def top_operators(run, steps: int, count: int) -> str:
+    """A table of the `count` operators with the most self CPU time while `run()` does `steps` steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        run()
+    events = [e for e in profiler.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    rows = ["| operator | calls per step | share of the step's operator time |", "| --- | ---: | ---: |"]
+    rows += [f"| `{e.key}` | {e.count / steps:g} | {e.self_cpu_time_total / total:.0%} |" for e in events[:count]]
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", help="a recipe path or bundled name (default: the peer benchmark's task)")
@@ -38,7 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     recipe = load_recipe(args.recipe or HERE / "peer_torchdistill.yaml")
     data = load_data(recipe.data, recipe.seed)
-    runtime = Runtime.from_recipe(recipe.device, recipe.channels_last, recipe.amp)
+    runtime = Runtime.of(recipe)
 
     def build(config):
         return create_model(config.model, num_classes=data.num_classes, in_chans=data.in_chans, kwargs=config.kwargs)
@@ -62,7 +77,7 @@ def main() -> None:
     source = batches()
     seconds = {phase: [] for phase in (*PHASES, "teacher forward")}
 
-    def round_of(steps: int) -> dict[str, float]:
+    def round_of(steps: int, with_teacher: bool = True) -> dict[str, float]:
         spent = dict.fromkeys(seconds, 0.0)
         for _ in range(steps):
             clock = time.perf_counter()
@@ -83,10 +98,11 @@ def main() -> None:
             marks.append(time.perf_counter())
             for phase, start, end in zip(PHASES, [clock, *marks[:-1]], marks, strict=True):
                 spent[phase] += end - start
-            started = time.perf_counter()
-            with torch.inference_mode():
-                teacher(images)
-            spent["teacher forward"] += time.perf_counter() - started
+            if with_teacher:
+                started = time.perf_counter()
+                with torch.inference_mode():
+                    teacher(images)
+                spent["teacher forward"] += time.perf_counter() - started
         return {phase: value / steps for phase, value in spent.items()}
 
     round_of(5)  # warm-up: allocator, oneDNN primitives
@@ -94,6 +110,7 @@ def main() -> None:
         for phase, value in round_of(args.steps).items():
             seconds[phase].append(value)
     median = {phase: statistics.median(values) for phase, values in seconds.items()}
+    operators = top_operators(lambda: round_of(args.steps, with_teacher=False), args.steps, count=10)
     step = sum(median[phase] for phase in PHASES)
     rows = ["| phase | ms per step | share of the cached step |", "| --- | ---: | ---: |"]
     rows += [f"| {phase} | {median[phase] * 1e3:.1f} | {median[phase] / step:.0%} |" for phase in PHASES]
@@ -108,7 +125,9 @@ def main() -> None:
         f"{args.steps} steps after a warm-up.\n\n" + "\n".join(rows) + "\n\n"
         f"An otherwise identical loop that runs the teacher every step takes {bound:.2f}× as long per step: the "
         "most the cache alone can win. Past that, only a faster student forward and backward (the PyTorch "
-        "kernels themselves) makes a step cheaper; the phases around them are what is left to remove."
+        "kernels themselves) makes a step cheaper; the phases around them are what is left to remove.\n\n"
+        f"The operators of one more round of {args.steps} cached steps under torch.profiler, by self CPU "
+        "time:\n\n" + operators
     )
     print(body)
     given = f" --recipe {args.recipe}" if args.recipe else ""
