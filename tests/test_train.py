@@ -67,6 +67,39 @@ def test_recalibrated_batchnorm_holds_the_exact_statistics():
     assert model[1].momentum == 0.1 and not model.training
 
 
+def test_batchnorm_statistics_of_class_sorted_data_span_every_class(tmp_path):
+    """Precise BN after training must see batches mixed as training's were: with the images sorted by
+    class, one-class batches would give the variance within a class (1 here), not over the set (10)."""
+    from rich.console import Console
+
+    from edgekd.data import DataBundle, TensorImages
+    from edgekd.methods.plain import Plain
+    from edgekd.recipe import TrainConfig
+    from edgekd.train import train_stage
+
+    torch.manual_seed(0)
+    labels = torch.arange(2).repeat_interleave(64)  # 64 of class 0, then 64 of class 1
+    images = torch.randn(128, 1, 2, 2) + (6 * labels - 3).view(-1, 1, 1, 1).float()  # means -3 and +3
+    dataset = TensorImages(images, labels, lambda image: image, deterministic=True)
+    data = DataBundle(dataset, dataset, dataset, dataset, 2, ["a", "b"], 1, 2, (0.0,), (1.0,))
+    student = nn.Sequential(nn.BatchNorm2d(1), nn.Flatten(), nn.Linear(4, 2))
+    train_stage(
+        "student",
+        Plain(student),
+        TrainConfig(epochs=1, lr=1e-6),
+        data,
+        Runtime(torch.device("cpu"), channels_last=False, amp=False),
+        seed=0,
+        batch_size=16,
+        workers=0,
+        checkpoint_dir=tmp_path / "checkpoints",
+        metrics=MetricsLog(tmp_path / "metrics.csv"),
+        resume=False,
+        console=Console(quiet=True),
+    )
+    assert student[0].running_var.item() == pytest.approx(images.var().item(), rel=0.25)
+
+
 def test_a_full_disk_is_one_line_and_keeps_the_previous_file(tmp_path, monkeypatch):
     from edgekd import train
     from edgekd.errors import RunDirError
