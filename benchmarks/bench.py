@@ -268,11 +268,15 @@ def bench(
     run_target, skip_reason = resolve_target(target, device, tflm)
     # A run directory gets the report and the firmware build: one writer at a time.
     lock = RunDir(source).locked() if source.is_dir() and RunDir(source).is_run else contextlib.nullcontext()
-    with lock:
-        return _bench(
-            source, device, budget, latency_seconds, out_dir, console, target, run_target, skip_reason,
-            device_images, tflm,
-        )  # fmt: skip
+    threads = torch.get_num_threads()
+    try:
+        with lock:
+            return _bench(
+                source, device, budget, latency_seconds, out_dir, console, target, run_target, skip_reason,
+                device_images, tflm,
+            )  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)  # _bench times on one thread; the caller's training must not
 
 
 def _bench(
@@ -292,7 +296,7 @@ def _bench(
     images, labels = test if test is not None else (None, None)
     out = out_dir or report_dir(source)
     on_device = device_format()
-    torch.set_num_threads(1)  # one thread, as on an MCU and in MLPerf Tiny
+    torch.set_num_threads(1)  # one thread, as on an MCU and in MLPerf Tiny (bench() restores the count)
     records = []
     for fmt, path in artefacts:
         console.print(f"[bold]{fmt}[/bold] {path}")

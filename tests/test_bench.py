@@ -252,3 +252,22 @@ def test_bad_bench_input_is_one_line_and_exit_2(capsys, tmp_path, args, message)
     code, err = run_cli(capsys, *[a.replace("{tmp}", str(tmp_path)) for a in args])
     assert code == 2, err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_leaves_the_thread_count_as_it_found_it(tmp_path):
+    """bench times on one thread; a caller that trains afterwards (a notebook, the test suite) must get
+    its own thread count back, or its next training silently runs on one core."""
+    import torch
+
+    import edgekd
+
+    path = tmp_path / "model.onnx"
+    torch.onnx.export(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 4)), torch.randn(1, 1, 4, 4), path,
+                      dynamo=False)  # fmt: skip
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        edgekd.bench(path, device="cortex-m4", target="none", latency_seconds=0.01)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
