@@ -193,8 +193,8 @@ class Recipe(StrictModel):
     amp: bool = False
     torch_compile: bool = Field(
         False,
-        description="torch.compile each training step (opt-in: compiling takes minutes on a CPU and pays back "
-        "only on long runs; benchmarks/suite/throughput.py --compile measures it)",
+        description="torch.compile each training step (opt-in: compiling comes before the first step; "
+        "benchmarks/suite/throughput.py --compile measures whether it pays)",
     )
     data: DataConfig
     teacher: TeacherConfig | list[TeacherConfig] | None = Field(
