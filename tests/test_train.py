@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -5,6 +7,20 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from edgekd.recipe import TrainConfig
 from edgekd.train import MetricsLog, Runtime, atomic_save, build_optimizer, build_scheduler, recalibrate_batchnorm
+
+
+def train_quietly(stage, method, config, data, runtime, folder: Path, **options):
+    """train_stage with what these tests share: seed 0, batches of 16 in this process, no resume, no output,
+    checkpoints and metrics.csv in `folder`."""
+    from rich.console import Console
+
+    from edgekd.train import train_stage
+
+    return train_stage(
+        stage, method, config, data, runtime, seed=0, batch_size=16, workers=0,
+        checkpoint_dir=folder / "checkpoints", metrics=MetricsLog(folder / "metrics.csv"), resume=False,
+        console=Console(quiet=True), **options,
+    )  # fmt: skip
 
 
 def test_metrics_log_unions_columns_and_truncates_on_resume(tmp_path):
@@ -70,12 +86,10 @@ def test_recalibrated_batchnorm_holds_the_exact_statistics():
 def test_batchnorm_statistics_of_class_sorted_data_span_every_class(tmp_path):
     """Precise BN after training must see batches mixed as training's were: with the images sorted by
     class, one-class batches would give the variance within a class (1 here), not over the set (10)."""
-    from rich.console import Console
 
     from edgekd.data import DataBundle, TensorImages
     from edgekd.methods.plain import Plain
     from edgekd.recipe import TrainConfig
-    from edgekd.train import train_stage
 
     torch.manual_seed(0)
     labels = torch.arange(2).repeat_interleave(64)  # 64 of class 0, then 64 of class 1
@@ -83,20 +97,10 @@ def test_batchnorm_statistics_of_class_sorted_data_span_every_class(tmp_path):
     dataset = TensorImages(images, labels, lambda image: image, deterministic=True)
     data = DataBundle(dataset, dataset, dataset, dataset, 2, ["a", "b"], 1, 2, (0.0,), (1.0,))
     student = nn.Sequential(nn.BatchNorm2d(1), nn.Flatten(), nn.Linear(4, 2))
-    train_stage(
-        "student",
-        Plain(student),
-        TrainConfig(epochs=1, lr=1e-6),
-        data,
-        Runtime(torch.device("cpu"), channels_last=False, amp=False),
-        seed=0,
-        batch_size=16,
-        workers=0,
-        checkpoint_dir=tmp_path / "checkpoints",
-        metrics=MetricsLog(tmp_path / "metrics.csv"),
-        resume=False,
-        console=Console(quiet=True),
-    )
+    train_quietly(
+        "student", Plain(student), TrainConfig(epochs=1, lr=1e-6), data,
+        Runtime(torch.device("cpu"), channels_last=False, amp=False), tmp_path,
+    )  # fmt: skip
     assert student[0].running_var.item() == pytest.approx(images.var().item(), rel=0.25)
 
 
@@ -159,13 +163,10 @@ def test_the_teacher_cache_leaves_the_student_bit_identical(tmp_path):
     teacher computes step by step: the same student weights after two epochs, with or without the cache."""
     import copy
 
-    from rich.console import Console
-
     from edgekd.data import load_data
     from edgekd.methods.kd import KD
     from edgekd.models import create_model
     from edgekd.recipe import DataConfig, TrainConfig
-    from edgekd.train import train_stage
 
     config = DataConfig(
         dataset="synthetic", image_size=32, channels=1, synthetic={"num_classes": 4, "samples_per_class": 40}
@@ -179,21 +180,8 @@ def test_the_teacher_cache_leaves_the_student_bit_identical(tmp_path):
         torch.manual_seed(1)
         student = create_model("mobilenetv2_tiny", num_classes=4, in_chans=1)
         method = KD(student, copy.deepcopy(teacher), temperature=4.0, w_ce=0.1, w_kd=0.9)
-        train_stage(
-            f"cache-{cache}",
-            method,
-            TrainConfig(epochs=2, lr=0.01),
-            data,
-            runtime,
-            seed=0,
-            batch_size=16,
-            workers=0,
-            checkpoint_dir=tmp_path / "checkpoints",
-            metrics=MetricsLog(tmp_path / "metrics.csv"),
-            resume=False,
-            console=Console(quiet=True),
-            teacher_cache=cache,
-        )
+        train_quietly(f"cache-{cache}", method, TrainConfig(epochs=2, lr=0.01), data, runtime, tmp_path,
+                      teacher_cache=cache)  # fmt: skip
         students[cache] = student.state_dict()
     assert all(torch.equal(students[False][key], students[True][key]) for key in students[False])
 
@@ -202,13 +190,11 @@ def test_the_teacher_cache_leaves_the_student_bit_identical(tmp_path):
 def test_torch_compile_trains_the_same_student(tmp_path):
     """`torch_compile: true` runs the step through torch.compile (graphs are compiled) and trains the
     same student as eager mode, up to the float rounding of fused kernels."""
-    from rich.console import Console
     from torch import nn
 
     from edgekd.data import load_data
     from edgekd.methods.kd import KD
     from edgekd.recipe import DataConfig, TrainConfig
-    from edgekd.train import train_stage
 
     config = DataConfig(
         dataset="synthetic", image_size=16, channels=1, synthetic={"num_classes": 4, "samples_per_class": 16}
@@ -230,23 +216,13 @@ def test_torch_compile_trains_the_same_student(tmp_path):
         torch.manual_seed(1)
         student = small_network()
         method = KD(student, teacher, temperature=4.0, w_ce=0.1, w_kd=0.9)
-        metrics = MetricsLog(tmp_path / f"metrics-{compiled}.csv")
-        train_stage(
-            "student",
-            method,
-            TrainConfig(epochs=2, lr=0.01),
-            data,
-            Runtime(torch.device("cpu"), channels_last=False, amp=False, torch_compile=compiled),
-            seed=0,
-            batch_size=16,
-            workers=0,
-            checkpoint_dir=tmp_path / f"checkpoints-{compiled}",
-            metrics=metrics,
-            resume=False,
-            console=Console(quiet=True),
-        )
+        runtime = Runtime(torch.device("cpu"), channels_last=False, amp=False, torch_compile=compiled)
+        folder = tmp_path / f"compiled-{compiled}"
+        train_quietly("student", method, TrainConfig(epochs=2, lr=0.01), data, runtime, folder)
         students[compiled] = student.state_dict()
-        losses[compiled] = [float(row["train_loss"]) for row in metrics.stage_rows("student")]
+        losses[compiled] = [
+            float(row["train_loss"]) for row in MetricsLog(folder / "metrics.csv").stage_rows("student")
+        ]
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
     for key, eager in students[False].items():
         assert torch.allclose(eager.float(), students[True][key].float(), rtol=1e-3, atol=1e-4), key
