@@ -276,7 +276,7 @@ def bench(
                 device_images, tflm,
             )  # fmt: skip
     finally:
-        torch.set_num_threads(threads)  # _bench times on one thread; the caller's training must not
+        torch.set_num_threads(threads)  # _bench times on one thread; the caller gets its own count back
 
 
 def _bench(
