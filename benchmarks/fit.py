@@ -11,12 +11,13 @@ which checks that every estimate is at least what a real export needs).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual
 from torch import nn
 
-from edgekd.benchmarks.memory import aligned
+from edgekd.benchmarks.memory import aligned, analyse
 from edgekd.benchmarks.profiles import Budget
 from edgekd.models import count_macs, create_model
 
@@ -171,8 +172,14 @@ def student_like_trained(width: float, num_classes: int, in_chans: int, seed: in
     return model.eval()
 
 
-def measure_export(width: float, resolution: int, in_chans: int, num_classes: int) -> tuple[int, int]:
-    """(flatbuffer bytes, TFLite-Micro arena) of the int8 export of `student_like_trained`."""
+class Measured(NamedTuple):
+    flash: int  # flatbuffer bytes
+    arena: int  # TFLite-Micro's arena on x86-64
+    activation_peak: int  # the static analysis of the file (what `simulate` predicts exactly)
+
+
+def measure_export(width: float, resolution: int, in_chans: int, num_classes: int) -> Measured:
+    """What the int8 export of `student_like_trained` needs."""
     import tempfile
     from pathlib import Path
 
@@ -183,7 +190,7 @@ def measure_export(width: float, resolution: int, in_chans: int, num_classes: in
         path = Path(folder) / "model.tflite"
         model = student_like_trained(width, num_classes, in_chans)
         tflite.convert(model, torch.randn(2, in_chans, resolution, resolution), path, int8=True)
-        return path.stat().st_size, measure_arena(path)["total"]
+        return Measured(path.stat().st_size, measure_arena(path)["total"], analyse(path).peak_bytes)
 
 
 def recipe_block(candidate: Candidate, in_chans: int) -> str:

@@ -19,7 +19,7 @@ from edgekd.benchmarks import fit
 
 def measure(corner: tuple) -> tuple:
     torch.set_num_threads(1)
-    return corner, *fit.measure_export(*corner)
+    return corner, fit.measure_export(*corner)
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     bounded = True
-    for (width, resolution, in_chans, classes), flash, arena in measured:
+    for (width, resolution, in_chans, classes), (flash, arena, _) in measured:
         estimate = fit.estimate(width, resolution, classes, in_chans)
         bounded &= estimate.flash_estimate >= flash and estimate.arena_estimate >= arena
         rows.append(
