@@ -281,10 +281,9 @@ def build_firmware(
     project = project.resolve()
     lib = library_dir(project, tree, target, toolchain)
     build = project / "build" / f"{target.core}-{lib.name.split('-')[-1][:8]}"
-    first = not (lib / "libtflm.a").is_file()
-    if first:
+    if not (lib / "obj").is_dir():
         log(
-            f"building the TFLite Micro library for {target.core} once (a few CPU-minutes) into {lib}; "
+            f"building the TFLite Micro library for {target.core} once (a CPU-minute or two) into {lib}; "
             "later builds reuse it"
         )
     command = [
@@ -302,7 +301,14 @@ def build_firmware(
     with open(lib.parent / f"{lib.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one build of a library at a time, across processes
         result = subprocess.run(command, capture_output=True, text=True, env=_make_environment())
-    output = result.stdout + result.stderr
+        output = result.stdout + result.stderr
+        if result.returncode != 0 and "undefined reference" in output:
+            # The Makefile picks each operator's kernel files by name; a tree whose kernels need more files
+            # than that rule finds still links against every kernel.
+            log("  the model's kernels left a symbol undefined; building against every TFLM kernel instead")
+            result = subprocess.run([*command, "KERNELS=all"], capture_output=True, text=True,
+                                    env=_make_environment())  # fmt: skip
+            output += result.stdout + result.stderr
     if result.returncode != 0:
         raise _build_error(output, project)
     compiled = [m.group(1) for m in re.finditer(r" -c (\S+) -o ", output)]

@@ -237,6 +237,51 @@ def test_second_build_compiles_only_the_model(built, small_model, device_setup):
 
 
 @pytest.mark.slow
+def test_the_library_compiles_only_the_models_kernels(built, device_setup):
+    """The model's operators (model_ops.mk) pick TFLM's kernel files; the core and CMSIS-NN stay whole.
+    benchmarks/suite/tflm_build.py shows the firmware image is the same byte for byte as with every kernel."""
+    project, _ = built
+    _, tree = device_setup
+
+    def sources(*options: str) -> set[str]:
+        result = subprocess.run(["make", "-s", "-C", str(project), "lib-sources", f"TFLM_TREE={tree}", *options],
+                                capture_output=True, text=True, check=True)  # fmt: skip
+        return set(result.stdout.split())
+
+    chosen, every = sources(), sources("KERNELS=all")
+    kernels = "tensorflow/lite/micro/kernels/"
+    assert chosen < every and {s for s in every if not s.startswith(kernels)} <= chosen
+    picked = {s.removeprefix(kernels) for s in chosen if s.startswith(kernels)}
+    wanted = {"cmsis_nn/conv.cc", "cmsis_nn/depthwise_conv.cc", "cmsis_nn/add.cc", "reduce.cc", "conv_common.cc",
+              "cmsis_nn/fully_connected.cc", "reduce_common.cc", "kernel_util.cc"}  # fmt: skip
+    assert wanted <= picked, wanted - picked
+    assert not picked & {"cmsis_nn/softmax.cc", "cmsis_nn/svdf.cc", "softmax_common.cc", "strided_slice.cc"}
+
+
+def test_a_kernel_the_rule_misses_falls_back_to_every_kernel(tmp_path, monkeypatch):
+    """A tree whose kernels need a file the per-operator rule does not pick fails to link; the build
+    then runs again against every kernel, and says so."""
+    calls, said = [], []
+
+    def fake_make(command, **_):
+        calls.append(command)
+        if "lib-config" in command:
+            return subprocess.CompletedProcess(command, 0, "flags", "")
+        if "KERNELS=all" in command:
+            return subprocess.CompletedProcess(command, 0, "", "")
+        return subprocess.CompletedProcess(command, 2, "", "firmware.elf: undefined reference to `Register_X()'")
+
+    monkeypatch.setattr(firmware.subprocess, "run", fake_make)
+    monkeypatch.setattr(firmware, "tree_digest", lambda _: "tree")
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path))
+    toolchain = firmware.Toolchain("arm-none-eabi-", "qemu-system-arm", "make", "gcc 12", "qemu 7")
+    firmware.build_firmware(tmp_path, firmware.TARGETS["qemu-m4"], tmp_path, toolchain, log=said.append)
+    builds = [c for c in calls if "lib-config" not in c]
+    assert len(builds) == 2 and "KERNELS=all" not in builds[0] and builds[1][-1] == "KERNELS=all"
+    assert any("every TFLM kernel" in line for line in said)
+
+
+@pytest.mark.slow
 def test_the_project_builds_with_make_alone(built, device_setup):
     """What a user does with the exported folder: make, then make run, without edgekd."""
     project, fw = built
