@@ -5,8 +5,8 @@ The default "before" is a01c66d, the last commit before the speed work (Batches,
 teacher cache, one shared training run for the export and report tests). Each commit is checked out
 in a temporary git worktree and run with this checkout's installed packages (a throw-away virtual
 environment that sees .venv's site-packages and installs only the worktree's edgekd, editable,
-without dependencies). Every run starts from an empty edgekd cache, as CI does. Run it with nothing else
-running.
+without dependencies). Every run starts from empty edgekd and torch.compile caches, as CI does. Run it
+with nothing else running.
 
     python benchmarks/suite/test_time.py [--before a01c66d] [--after HEAD] [--runs 1]
 """
@@ -53,11 +53,16 @@ def environment_for(commit: str, scratch: Path) -> tuple[Path, Path]:
 def timed_suite(tree: Path, python: Path, cache: Path) -> tuple[float, str]:
     """Wall seconds of the whole suite in `tree`, and pytest's last line with the failed tests' names.
 
-    `cache` is a new, empty EDGEKD_CACHE, as on CI's clean machine: the TensorFlow Lite Micro library the
-    device tests need is built inside the timed run, not reused from an earlier one."""
+    `cache` is a new, empty folder for edgekd's and torch.compile's caches, as on CI's clean machine: the
+    TensorFlow Lite Micro library the device tests need and the kernels torch.compile generates are built
+    inside the timed run, not reused from an earlier one."""
     started = time.perf_counter()
     command = [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider"]
-    environment = {**os.environ, "EDGEKD_CACHE": str(cache)}
+    environment = {
+        **os.environ,
+        "EDGEKD_CACHE": str(cache / "edgekd"),
+        "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
+    }
     result = subprocess.run(command, cwd=tree, capture_output=True, text=True, env=environment)
     seconds = time.perf_counter() - started
     last = [line for line in result.stdout.splitlines() if re.search(r"\d+ (passed|failed)", line)]
