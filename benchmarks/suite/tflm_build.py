@@ -27,18 +27,29 @@ from edgekd.benchmarks.firmware import find_toolchain, resolve_tflm_tree
 FIRMWARE = Path(__file__).resolve().parents[2] / "exporters" / "firmware"
 
 
-def build(tree: Path, core: str, lib_dir: Path, pch: bool, jobs: int, prefix: str) -> tuple[float, float]:
-    """(wall seconds, CPU seconds) of `make lib` into an empty `lib_dir`."""
+def timed_make(*arguments: str) -> tuple[float, float]:
+    """(wall seconds, CPU seconds: user + system of make and every compiler it ran) of one make run."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    subprocess.run(
-        ["make", "-s", "-C", str(FIRMWARE), f"-j{jobs}", "lib", f"TFLM_TREE={tree}", f"CPU={core}",
-         f"LIB_DIR={lib_dir}", f"CROSS={prefix}", f"PCH={'yes' if pch else 'no'}"],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
+    subprocess.run(["make", "-s", *arguments], check=True, capture_output=True, text=True)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def build_arguments(description: str) -> argparse.ArgumentParser:
+    """The options of both library-build benchmarks: the tree, the core and make's jobs."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--tree", help="a TFLM source tree (default: $EDGEKD_TFLM)")
+    parser.add_argument("--core", default="cortex-m4", choices=["cortex-m4", "cortex-m7"])
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    return parser
+
+
+def build(tree: Path, core: str, lib_dir: Path, pch: bool, jobs: int, prefix: str) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of `make lib` into an empty `lib_dir`."""
+    return timed_make("-C", str(FIRMWARE), f"-j{jobs}", "lib", f"TFLM_TREE={tree}", f"CPU={core}",
+                      f"LIB_DIR={lib_dir}", f"CROSS={prefix}", f"PCH={'yes' if pch else 'no'}")  # fmt: skip
 
 
 def code_and_data(obj: Path, prefix: str) -> dict[str, str]:
@@ -68,10 +79,7 @@ def code_and_data(obj: Path, prefix: str) -> dict[str, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tree", help="a TFLM source tree (default: $EDGEKD_TFLM)")
-    parser.add_argument("--core", default="cortex-m4", choices=["cortex-m4", "cortex-m7"])
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser = build_arguments(__doc__.splitlines()[0])
     parser.add_argument("--pch-first", action="store_true", help="build with precompiled headers first")
     args = parser.parse_args()
     tree = resolve_tflm_tree(args.tree)

@@ -14,17 +14,14 @@ benchmarks/RESULTS.md.
 
 from __future__ import annotations
 
-import argparse
-import os
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 from results import write_section
+from tflm_build import build_arguments, timed_make
 
 from edgekd.benchmarks import device, fit
 from edgekd.benchmarks.firmware import Toolchain, find_toolchain, flash_bytes, resolve_tflm_tree, section_sizes
@@ -40,17 +37,13 @@ def build(project: Path, tree: Path, core: str, lib_dir: Path, kernels: str, job
               f"BUILD=build/{kernels}"]  # fmt: skip
     sources = subprocess.run(["make", "-s", "-C", str(project), "lib-sources", *common], check=True,
                              capture_output=True, text=True).stdout.split()  # fmt: skip
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.perf_counter()
-    subprocess.run(["make", "-s", "-C", str(project), f"-j{jobs}", "all", *common], check=True, capture_output=True)
-    wall = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall, cpu = timed_make("-C", str(project), f"-j{jobs}", "all", *common)
     image = lib_dir / "firmware.stripped.elf"
     elf = project / "build" / kernels / "firmware.elf"
     subprocess.run([f"{prefix}strip", "--strip-all", "-o", str(image), str(elf)], check=True)
     return {
         "wall": wall,
-        "cpu": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+        "cpu": cpu,
         "sources": len(sources),
         "image": image.read_bytes(),
         "flash": flash_bytes(section_sizes(elf, toolchain)),
@@ -58,10 +51,7 @@ def build(project: Path, tree: Path, core: str, lib_dir: Path, kernels: str, job
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tree", help="a TFLM source tree (default: $EDGEKD_TFLM)")
-    parser.add_argument("--core", default="cortex-m4", choices=["cortex-m4", "cortex-m7"])
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser = build_arguments(__doc__.splitlines()[0])
     parser.add_argument("--model-first", action="store_true", help="build with the model's kernels first")
     args = parser.parse_args()
     tree = resolve_tflm_tree(args.tree)
