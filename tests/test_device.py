@@ -239,7 +239,7 @@ def test_second_build_compiles_only_the_model(built, small_model, device_setup):
 @pytest.mark.slow
 def test_the_library_compiles_only_the_models_kernels(built, device_setup):
     """The model's operators (model_ops.mk) pick TFLM's kernel files; the core and CMSIS-NN stay whole.
-    benchmarks/suite/tflm_build.py shows the firmware image is the same byte for byte as with every kernel."""
+    benchmarks/suite/tflm_kernels.py shows the firmware image is the same byte for byte as with every kernel."""
     project, _ = built
     _, tree = device_setup
 

@@ -26,6 +26,7 @@ from tflm_build import build_arguments, timed_make
 from edgekd.benchmarks import device, fit
 from edgekd.benchmarks.firmware import Toolchain, find_toolchain, flash_bytes, resolve_tflm_tree, section_sizes
 from edgekd.exporters import tflite
+from edgekd.exporters.mcu_project import model_ops
 from edgekd.exporters.runtimes import MicroRunner
 
 
@@ -63,7 +64,7 @@ def main() -> None:
         tflite.convert(fit.student_like_trained(0.35, 10, 1), torch.randn(8, 1, 32, 32), model_file, int8=True)
         micro = MicroRunner(model_file)
         project = device.project_for(model_file, micro, micro.arena["total"], scratch / "mcu-project")
-        ops = (project / "model_ops.mk").read_text().split(":=")[1].split()
+        ops = model_ops(model_file)
         for kernels in ("model", "all") if args.model_first else ("all", "model"):
             builds[kernels] = build(project, tree, args.core, scratch / f"lib-{kernels}", kernels, args.jobs, toolchain)
             print(f"{kernels} kernels: {builds[kernels]['sources']} sources, {builds[kernels]['wall']:.0f} s wall, "
