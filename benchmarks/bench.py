@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from edgekd import firmware
 from edgekd.benchmarks import device as device_run
-from edgekd.benchmarks import firmware
 from edgekd.benchmarks import latency as latency_method
 from edgekd.benchmarks.compute import layer_macs, mcu_latency
 from edgekd.benchmarks.machine import machine_line

@@ -23,30 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.benchmarks import firmware as fw
+from edgekd import firmware as fw
 from edgekd.benchmarks.compute import layer_macs
 from edgekd.benchmarks.profiles import Device
 from edgekd.benchmarks.report import DeviceLayer, DeviceRun, FlashPart, McuLatency
 from edgekd.exporters.c_array import ModelInterface
-from edgekd.exporters.mcu_project import model_ops, resolver_method, write_mcu_project
+from edgekd.exporters.mcu_project import check_operators, write_mcu_project
 from edgekd.exporters.runtimes import MicroRunner
 from edgekd.exporters.tflite import read_graph
-
-
-def check_operators(tflite_path: Path, tree: Path) -> None:
-    """Every operator of the model must be one the tree's TFLM can register, under the name we use."""
-    methods = fw.resolver_methods(tree)
-    for op in model_ops(tflite_path):
-        if op not in methods:
-            raise fw.DeviceSetupError(
-                f"TensorFlow Lite Micro (tree {tree}) has no kernel for operator {op} used by {tflite_path.name}; "
-                "change the model or use a newer TFLM tree"
-            )
-        if methods[op] != resolver_method(op):
-            raise fw.DeviceSetupError(
-                f"the TFLM tree registers {op} with {methods[op]}(), not {resolver_method(op)}(); "
-                "this edgekd does not know that TFLM version"
-            )
 
 
 def project_for(tflite_path: Path, micro: MicroRunner, arena_bytes: int, folder: Path) -> Path:

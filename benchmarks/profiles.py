@@ -32,7 +32,8 @@ class RuntimeCost(BaseModel):
 class InstructionCost(BaseModel):
     """Cycles per instruction ([low, high]) of TFLM + CMSIS-NN code on this core: turns the instructions
     QEMU counts into time. QEMU models no pipeline, wait states or caches, so this comes from published
-    measurements of models edgekd also runs (see `benchmarks/suite/calibrate_cpi.py`)."""
+    measurements of models edgekd also runs (`benchmarks/suite/device_table.py` calibrates it; RESULTS.md
+    shows the rows)."""
 
     model_config = ConfigDict(extra="forbid")
     source: str

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from edgekd.checks import Check
+from edgekd.checks import Check, format_value
 from edgekd.rundir import Summary
 
 SCHEMA_VERSION = 2
@@ -154,20 +154,6 @@ def _percent(value: float | None) -> str:
 
 def _ms(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f} ms"
-
-
-def format_value(unit: str, value: float | None) -> str:
-    if value is None:
-        return "–"
-    if unit == "bytes":
-        return _kib(value)
-    if unit == "ms":
-        return f"{value:,.2f} ms"
-    if unit == "fraction":
-        return f"{value:.2%}"
-    if unit in ("count", "number"):
-        return f"{value:,.0f}"
-    return f"{value:,g}"
 
 
 def _check_text(c: Check) -> str:

@@ -252,7 +252,7 @@ def doctor(
 
     from rich.table import Table
 
-    from edgekd.benchmarks import firmware
+    from edgekd import firmware
 
     table = Table(title="edgekd doctor", show_lines=False)
     for column in ("component", "status", "detail"):

@@ -27,8 +27,9 @@ from edgekd.methods import FrozenTeacherMethod, MethodContext, Plain, build_meth
 from edgekd.models import check_model_name, count_macs, count_parameters, create_model, load_weights, probe_model
 from edgekd.mythical import correct_excluded_bias
 from edgekd.recipe import Recipe
-from edgekd.rundir import RunDir, StageSummary, Summary
-from edgekd.train import MetricsLog, Runtime, StageResult, atomic_save, evaluate, train_stage
+from edgekd.rundir import RunDir, StageSummary, Summary, atomic_save
+from edgekd.runtime import Runtime, evaluate
+from edgekd.train import MetricsLog, StageResult, train_stage
 
 WEIGHTS_FORMAT = "edgekd.weights/1"
 STAGES = ("teacher", "baseline", "student")

@@ -18,169 +18,25 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
 
-from edgekd.config import DistillSettings, StrictModel, TrainConfig
+from edgekd.config import (
+    BaselineConfig,
+    BenchConfig,
+    DataConfig,
+    DistillSettings,
+    ExportConfig,
+    LogConfig,
+    StrictModel,
+    StudentConfig,
+    TeacherConfig,
+    TrainConfig,
+    data_section,
+    registered,
+)
 from edgekd.errors import RecipeError
-from edgekd.registry import bundled_files, did_you_mean
+from edgekd.registry import DATASETS, METHODS, bundled_files, default_method, did_you_mean
 
 __all__ = ["DataConfig", "DistillSettings", "Recipe", "StrictModel", "TrainConfig", "load_recipe", "parse_recipe"]
-
-
-def _registered(kind: str, value: str, where: str = "") -> str:
-    """`value`, if the registry of `kind` (dataset, format, method) has it; the error lists the known
-    names. `where`: the key to name in the error, when pydantic's location is not it."""
-    from edgekd.data import DATASETS
-    from edgekd.exporters.formats import FORMATS
-    from edgekd.methods import METHODS
-
-    registry = {"dataset": DATASETS, "format": FORMATS, "method": METHODS}[kind]
-    if value not in registry:
-        names = registry.names()
-        raise PydanticCustomError(
-            "unknown_name", "{got}; expected one of {names}{hint}",
-            {"got": repr(value), "names": ", ".join(names), "hint": did_you_mean(str(value), names), "where": where},
-        )  # fmt: skip
-    return value
-
-
-class Splits(StrictModel):
-    """Fractions of the data held out. Datasets with an official test set (CIFAR, an imagefolder with
-    a test/ folder) use it and ignore `test`."""
-
-    val: float = Field(0.1, ge=0, lt=1)
-    test: float = Field(0.2, ge=0, lt=1)
-    order: Literal["random", "ordered"] = Field(
-        "random",
-        description="random: a stratified seeded draw; ordered: per class, the first images train, then "
-        "validation, the last test, in the dataset's own order (to reproduce another tool's split)",
-    )
-
-    @model_validator(mode="after")
-    def _leave_training_data(self) -> Splits:
-        if self.val + self.test >= 0.9:
-            raise ValueError("splits.val + splits.test must leave at least 10% of the data to train on")
-        return self
-
-
-class Augmentation(StrictModel):
-    random_crop_padding: int = Field(0, ge=0, description="pad by N pixels, then crop back at random")
-    horizontal_flip: bool = False
-
-
-class SyntheticData(StrictModel):
-    """Class-dependent random patterns: for tests and smoke runs only."""
-
-    num_classes: int = Field(4, ge=2)
-    samples_per_class: int = Field(64, ge=4)
-
-
-class DataConfig(StrictModel):
-    dataset: str = Field(description="a registered dataset (`edgekd list datasets`)")
-    root: Path | None = None
-    download: bool = False
-    image_size: int = Field(32, ge=8, le=1024)
-    channels: Literal[1, 3] = 3
-    batch_size: int = Field(64, ge=2)
-    workers: int = Field(0, ge=0)
-    splits: Splits = Splits()
-    augmentation: Augmentation = Augmentation()
-    mean: list[float] | None = None
-    std: list[float] | None = None
-    synthetic: SyntheticData = SyntheticData()
-    exclude_classes: list[int] = Field(default_factory=list, description="classes the students never see in training")
-    transfer_fraction: float = Field(
-        1.0, gt=0, le=1, description="share of the training images the students learn from (stratified)"
-    )
-
-    @field_validator("dataset")
-    @classmethod
-    def _known_dataset(cls, value: str) -> str:
-        return _registered("dataset", value)
-
-    @model_validator(mode="after")
-    def _root_when_needed(self) -> DataConfig:
-        from edgekd.data import DATASETS
-
-        if DATASETS.get(self.dataset).needs_root and self.root is None:
-            raise ValueError(f"data.root is required for dataset '{self.dataset}'")
-        for key in ("mean", "std"):
-            value = getattr(self, key)
-            if value is not None and len(value) != self.channels:
-                raise ValueError(f"data.{key} needs {self.channels} values (one per channel)")
-        return self
-
-
-class TeacherConfig(StrictModel):
-    model: str
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-    pretrained: bool = False
-    checkpoint: Path | None = None
-    train: TrainConfig | None = None
-
-    @model_validator(mode="after")
-    def _has_weights(self) -> TeacherConfig:
-        if self.pretrained and self.checkpoint is not None:
-            raise ValueError("teacher: give either pretrained: true or checkpoint, not both")
-        if not self.pretrained and self.checkpoint is None and self.train is None:
-            raise ValueError("teacher needs weights: pretrained: true, a checkpoint path, or a train block")
-        return self
-
-
-class StudentConfig(StrictModel):
-    model: str = "mobilenetv2_tiny"
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-    pretrained: bool = False
-    checkpoint: Path | None = None
-
-
-class BaselineConfig(StrictModel):
-    """The same student trained without a teacher, on the same data, epochs and optimiser."""
-
-    enabled: bool = True
-    lr: float | None = Field(None, gt=0, description="the baseline's own tuned lr; default: distill.lr")
-    label_smoothing: float = Field(
-        0.0, ge=0, lt=1, description="label smoothing (Szegedy et al. 2016): KD against smoothing, measured"
-    )
-
-
-class ExportConfig(StrictModel):
-    """Device artefacts and the checks each must pass against the PyTorch student on the test split."""
-
-    formats: list[str] = Field(
-        default_factory=lambda: ["onnx", "onnx-int8", "tflite", "tflite-int8", "c-array", "mcu-project"],
-        description="registered export formats (`edgekd list formats`)",
-    )
-    calibration_images: int = Field(200, ge=1, description="int8 calibration images from the training split")
-    verify_images: int | None = Field(None, ge=1, description="test images to verify on (default: all)")
-    min_agreement_fp32: float = Field(0.995, ge=0, le=1)
-    min_agreement_int8: float = Field(0.97, ge=0, le=1)
-    max_int8_accuracy_drop: float = Field(0.01, ge=0, le=1)
-
-    @field_validator("formats")
-    @classmethod
-    def _known_formats(cls, value: list[str]) -> list[str]:
-        return [_registered("format", name) for name in value]
-
-
-class BenchConfig(StrictModel):
-    """What `edgekd run` benchmarks the artefacts against."""
-
-    device: str = "cortex-m4"
-    budget: str | None = Field(
-        None, description="e.g. sram=256k,flash=1M,latency=100ms,accuracy=95% (default: the device's SRAM and flash)"
-    )
-    latency_seconds: float = Field(1.0, gt=0, description="length of each of the five latency windows")
-    target: Literal["auto", "none", "qemu-m4", "qemu-m7"] = Field(
-        "auto", description="run the int8 firmware in QEMU: auto = the device's core, when a toolchain is present"
-    )
-    device_images: int = Field(100, ge=1, description="test images fed through the firmware in one boot")
-
-
-class LogConfig(StrictModel):
-    """Logs beside metrics.csv, for tools that read them."""
-
-    tensorboard: bool = Field(False, description="TensorBoard event files of every metric (pip install tensorboard)")
 
 
 class Recipe(StrictModel):
@@ -196,7 +52,7 @@ class Recipe(StrictModel):
         description="torch.compile each training step (opt-in: compiling comes before the first step; "
         "benchmarks/suite/throughput.py --compile measures whether it pays)",
     )
-    data: DataConfig
+    data: SerializeAsAny[DataConfig] = Field(description="the dataset's section: `dataset` picks it")
     teacher: TeacherConfig | list[TeacherConfig] | None = Field(
         None, description="one teacher, or a list (an ensemble); none for methods without a teacher"
     )
@@ -207,22 +63,24 @@ class Recipe(StrictModel):
     bench: BenchConfig = BenchConfig()
     log: LogConfig = LogConfig()
 
+    @field_validator("data", mode="before")
+    @classmethod
+    def _dataset_section(cls, value: Any) -> Any:
+        """Validate `data` with the section of the dataset it names (its own options beside the common keys)."""
+        return data_section(value)
+
     @field_validator("distill", mode="before")
     @classmethod
     def _method_section(cls, value: Any) -> Any:
         """Validate `distill` with the section of the method it names (the registry's default if none)."""
-        from edgekd.methods import METHODS, default_method
-
         if isinstance(value, DistillSettings) or not isinstance(value, dict):
             return value
-        name = _registered("method", value.get("method", default_method()), where="distill.method")
+        name = registered("method", value.get("method", default_method()), where="distill.method")
         return METHODS.get(name).config.model_validate({**value, "method": name})
 
     @property
     def method(self):
         """The registry entry of the distillation method: what it needs and does."""
-        from edgekd.methods import METHODS
-
         return METHODS.get(self.distill.method)
 
     @model_validator(mode="after")
@@ -243,8 +101,6 @@ class Recipe(StrictModel):
 
     @model_validator(mode="after")
     def _teachers_fit_the_method(self, info: ValidationInfo) -> Recipe:
-        from edgekd.methods import METHODS
-
         method = self.method
         given = (info.context or {}).get("teacher_given", False)  # the Python API handed in a teacher module
         if method.needs_baseline and not self.baseline.enabled:
@@ -384,10 +240,12 @@ def _describe(error: dict, raw: dict) -> str:
 
 
 def _fields_at(model: type[BaseModel], loc: list[str], raw: dict) -> list[str]:
-    """The valid keys of the section at `loc` (for suggestions); `distill` is the named method's section."""
+    """The valid keys of the section at `loc` (for suggestions); `data` is the named dataset's section,
+    `distill` the named method's."""
+    if loc[:1] == ["data"] and model is Recipe:
+        name = (raw.get("data") or {}).get("dataset")
+        return _fields_at(DATASETS.get(name).config if name in DATASETS else DataConfig, loc[1:], raw)
     if loc[:1] == ["distill"]:
-        from edgekd.methods import METHODS, default_method
-
         name = (raw.get("distill") or {}).get("method", default_method())
         return list(METHODS.get(name).config.model_fields) if name in METHODS else []
     for part in loc:

@@ -3,17 +3,21 @@ profiles each have one registry, filled by decorators in the files that define t
 `edgekd list KIND`, and open to other packages through Python entry points (groups `edgekd.methods`,
 `edgekd.datasets`, `edgekd.formats`, `edgekd.devices`: each entry point names a module that
 registers its entries when imported) or, in one process, by calling `register` directly.
+
+The method, dataset and format registries live here, at the bottom of the package, so that the recipe can check a name
+against them without importing the modules that fill them: a registry imports its built-in modules
+by name the first time it is asked.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import import_module, resources
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from edgekd.errors import EdgeKDError
 
@@ -79,14 +83,12 @@ class Registry(Generic[T]):
         return iter(sorted(self.entries.items()))
 
 
-def decorator(registry: Registry, make_entry: Callable[..., Any]):
-    """`@register_x("name", **traits)` over a class or function: registers make_entry(obj, **traits)."""
+# Each names the module that registers edgekd's own entries of its kind when imported.
+METHODS: Registry = Registry("method", "edgekd.methods", ("edgekd.methods.builtin",))
+DATASETS: Registry = Registry("dataset", "edgekd.datasets", ("edgekd.datasets.builtin",))
+FORMATS: Registry = Registry("export format", "edgekd.formats", ("edgekd.exporters.formats",))
 
-    def register(name: str, **traits):
-        def wrap(obj):
-            registry.register(name, make_entry(name, obj, **traits))
-            return obj
 
-        return wrap
-
-    return register
+def default_method() -> str:
+    """The method a recipe without `distill.method` uses (the entry registered with default=True)."""
+    return next(name for name, entry in METHODS if entry.default)

@@ -15,11 +15,13 @@ runs/<name>/
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,6 +38,59 @@ LOCK = ".edgekd-lock"
 PLOTS = ("training", "tradeoffs", "memory", "device_layers")
 
 _held: dict[Path, int] = {}  # run directories this process holds locked, with a nesting count
+
+
+# ---------------------------------------------------------------- writing files
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """Write to a temporary file in the same folder, then rename: a kill never leaves half a file, and a
+    full disk leaves the previous version in place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        if isinstance(obj, str):
+            Path(temporary).write_text(obj)
+        else:
+            import torch  # deferred: the CLI reads run directories at start-up, before it needs torch
+
+            torch.save(obj, temporary)
+        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
+        os.replace(temporary, path)
+    except BaseException as exc:
+        Path(temporary).unlink(missing_ok=True)
+        if _out_of_space(exc, path.parent, obj):
+            free = shutil.disk_usage(path.parent).free
+            raise RunDirError(
+                f"no space left in {path.parent} to write {path.name} (needs about {_bytes_of(obj) / 1e6:,.1f} MB, "
+                f"{free / 1e6:,.1f} MB free); free some space and rerun with --resume"
+            ) from None
+        raise
+
+
+def _out_of_space(exc: BaseException, folder: Path, obj: Any) -> bool:
+    """ENOSPC as Python raises it; torch's writer instead raises a RuntimeError ("unexpected pos",
+    "iostream error"), so for those ask the file system whether the object would have fitted."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(exc, RuntimeError) and shutil.disk_usage(folder).free < 1.1 * _bytes_of(obj) + 65536
+
+
+def _bytes_of(obj: Any) -> int:
+    """Roughly what `obj` takes on disk: its tensors' bytes (or its text's)."""
+    if isinstance(obj, str):
+        return len(obj.encode())
+    if hasattr(obj, "element_size"):  # a tensor
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_bytes_of(value) for value in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_bytes_of(value) for value in obj)
+    return 64
 
 
 class RunDir:

@@ -9,14 +9,9 @@ while the training loss looks fine.
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import errno
 import io
 import math
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -24,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -37,51 +31,17 @@ from rich.progress import (
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from edgekd.config import TrainConfig
 from edgekd.data import Batches, DataBundle
 from edgekd.distributed import World
-from edgekd.errors import EdgeKDError, RunDirError
+from edgekd.errors import EdgeKDError
 from edgekd.methods.base import DistillMethod
-from edgekd.recipe import TrainConfig
+from edgekd.rundir import atomic_save
+from edgekd.runtime import Runtime, evaluate, recalibrate_batchnorm
 
 
 class TrainingError(EdgeKDError):
     """Training diverged."""
-
-
-@dataclass(frozen=True)
-class Runtime:
-    device: torch.device
-    channels_last: bool
-    amp: bool
-    torch_compile: bool = False
-
-    @classmethod
-    def from_recipe(cls, device: str, channels_last: bool, amp: bool, torch_compile: bool = False) -> Runtime:
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device == "cuda" and not torch.cuda.is_available():
-            raise EdgeKDError("device: cuda was asked for but torch sees no CUDA device; use device: auto or cpu")
-        return cls(torch.device(device), channels_last, amp, torch_compile)
-
-    @classmethod
-    def of(cls, recipe) -> Runtime:
-        """The runtime a recipe asks for (its device, channels_last, amp and torch_compile)."""
-        return cls.from_recipe(recipe.device, recipe.channels_last, recipe.amp, recipe.torch_compile)
-
-    def place(self, module: nn.Module) -> nn.Module:
-        module = module.to(self.device)
-        return module.to(memory_format=torch.channels_last) if self.channels_last else module
-
-    def batch(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        images = images.to(self.device, non_blocking=True)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images, labels.to(self.device, non_blocking=True)
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if not self.amp:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.float16 if self.device.type == "cuda" else torch.bfloat16)
 
 
 @dataclass
@@ -93,58 +53,6 @@ class StageResult:
     seconds: float
     epochs: int
     teacher_cache_seconds: float = 0.0  # computing the cached teacher outputs (part of `seconds`)
-
-
-# ---------------------------------------------------------------- files
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file in the same folder, then rename: a kill never leaves half a file, and a
-    full disk leaves the previous version in place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        if isinstance(obj, str):
-            Path(temporary).write_text(obj)
-        else:
-            torch.save(obj, temporary)
-        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
-        os.replace(temporary, path)
-    except BaseException as exc:
-        Path(temporary).unlink(missing_ok=True)
-        if _out_of_space(exc, path.parent, obj):
-            free = shutil.disk_usage(path.parent).free
-            raise RunDirError(
-                f"no space left in {path.parent} to write {path.name} (needs about {_bytes_of(obj) / 1e6:,.1f} MB, "
-                f"{free / 1e6:,.1f} MB free); free some space and rerun with --resume"
-            ) from None
-        raise
-
-
-def _out_of_space(exc: BaseException, folder: Path, obj: Any) -> bool:
-    """ENOSPC as Python raises it; torch's writer instead raises a RuntimeError ("unexpected pos",
-    "iostream error"), so for those ask the file system whether the object would have fitted."""
-    if isinstance(exc, OSError):
-        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    return isinstance(exc, RuntimeError) and shutil.disk_usage(folder).free < 1.1 * _bytes_of(obj) + 65536
-
-
-def _bytes_of(obj: Any) -> int:
-    """Roughly what `obj` takes on disk: its tensors' bytes (or its text's)."""
-    if isinstance(obj, str):
-        return len(obj.encode())
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, dict):
-        return sum(_bytes_of(value) for value in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(_bytes_of(value) for value in obj)
-    return 64
 
 
 class MetricsLog:
@@ -219,35 +127,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps
         milestones = [epoch * steps_per_epoch for epoch in config.milestones]
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=config.gamma)
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-
-
-# ---------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, runtime: Runtime) -> tuple[float, float]:
-    """(mean cross-entropy, top-1 accuracy) in eval mode."""
-    model.eval()
-    loss_sum, correct, seen = torch.zeros(()), torch.zeros((), dtype=torch.long), 0
-    for images, labels, *_ in loader:  # Batches also yield the samples' indices
-        images, labels = runtime.batch(images, labels)
-        with runtime.autocast():
-            logits = model(images)
-        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").cpu()
-        correct += (logits.argmax(1) == labels).sum().cpu()
-        seen += len(labels)
-    return loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1)
-
-
-def recalibrate_batchnorm(model: nn.Module, loader: Iterable, runtime: Runtime) -> None:
-    """Replace BatchNorm running statistics by their exact average over `loader` ("precise BN"), with
-    torch's own `update_bn`; the images go in as training batches would (device, memory format), so
-    `loader` should be shuffled as training batches are."""
-    from torch.optim.swa_utils import update_bn
-
-    with runtime.autocast():
-        update_bn((runtime.batch(images, labels)[0] for images, labels, *_ in loader), model)
-    model.eval()
 
 
 def tracked(loader: Iterable, progress: Progress, description: str, total: int) -> Iterator:

@@ -13,14 +13,14 @@ import torch
 import yaml
 from rich.console import Console
 
+from edgekd.checks import format_value
 from edgekd.data import DataBundle, load_data
 from edgekd.errors import DataError, EdgeKDError, ModelError
 from edgekd.exporters.formats import FORMATS, ExportJob, in_order
 from edgekd.models import create_model
 from edgekd.recipe import Recipe, parse_recipe
 from edgekd.registry import did_you_mean
-from edgekd.rundir import ArtefactExport, ExportReport, RunDir, StudentInfo
-from edgekd.train import atomic_save
+from edgekd.rundir import ArtefactExport, ExportReport, RunDir, StudentInfo, atomic_save
 
 SAMPLE_IMAGES = 100  # test images kept with the export for the benchmark (latency inputs, the device run)
 
@@ -147,8 +147,6 @@ def _export(run: RunDir, formats: list[str] | None, console: Console, data: Data
 
 
 def _shown(c) -> str:
-    from edgekd.benchmarks.report import format_value
-
     if c.unit == "check":
         return c.basis
     relation = "≥" if c.bound == "min" else "≤"

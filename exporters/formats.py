@@ -11,6 +11,7 @@ runtimes `edgekd bench` times it in, `recognise` tells a lone file of this forma
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +21,13 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from edgekd.checks import check, holds
+from edgekd import firmware
+from edgekd.checks import accuracy_drop, check, holds
 from edgekd.data import DataBundle
 from edgekd.exporters import c_array, mcu_project, onnx, tflite
 from edgekd.exporters.runtimes import LiteRTRunner, MicroRunner, OnnxRunner, Runner
 from edgekd.recipe import Recipe
-from edgekd.registry import Registry
+from edgekd.registry import FORMATS
 
 
 @dataclass(frozen=True)
@@ -41,9 +43,6 @@ class FormatEntry:
     @property
     def summary(self) -> str:
         return (self.write.__doc__ or "").strip().splitlines()[0]
-
-
-FORMATS: Registry[FormatEntry] = Registry("export format", "edgekd.formats", ("edgekd.exporters.formats",))
 
 
 def register_format(name: str, *, file: str, **traits):
@@ -95,13 +94,13 @@ class ExportJob:
         return float((self.reference.argmax(1) == self.test_labels).mean())
 
     def compare(self, runner: Runner) -> dict[str, Any]:
-        """Accuracy of the artefact, top-1 agreement with the PyTorch student, max |logit difference|."""
-        import time
-
+        """Accuracy of the artefact, top-1 agreement with the PyTorch student, max |logit difference|, and
+        which test images it classifies right (`right`, for the accuracy-drop test)."""
         started = time.perf_counter()
         logits = runner.predict(self.test_images.numpy())
         predictions = logits.argmax(1)
         return {
+            "right": predictions == self.test_labels,
             "accuracy": float((predictions == self.test_labels).mean()),
             "agreement": float((predictions == self.reference.argmax(1)).mean()),
             "max_logit_error": float(np.abs(logits - self.reference).max()),
@@ -116,15 +115,18 @@ class ExportJob:
         results, checks = {}, []
         for runner in runners:
             result = results[runner.name] = self.compare(runner)
+            right = result.pop("right")
             basis = f"top-1 predictions equal to PyTorch's on {len(self.test_labels)} test images"
             checks.append(check(f"agreement ({runner.name})", result["agreement"], threshold, "fraction", basis,
                                 bound="min"))  # fmt: skip
             if int8:
-                drop = self.student_accuracy - result["accuracy"]
-                basis = f"PyTorch student {self.student_accuracy:.2%} → {result['accuracy']:.2%} in {runner.name}"
+                student_right = self.reference.argmax(1) == self.test_labels
+                context = f"PyTorch student {self.student_accuracy:.2%} → {result['accuracy']:.2%} in {runner.name}"
                 checks.append(
-                    check(f"accuracy drop ({runner.name})", drop, settings.max_int8_accuracy_drop, "fraction", basis)
-                )
+                    accuracy_drop(f"accuracy drop ({runner.name})", int((student_right & ~right).sum()),
+                                  int((~student_right & right).sum()), len(self.test_labels),
+                                  settings.max_int8_accuracy_drop, context)
+                )  # fmt: skip
         return {"results": results, "checks": checks}
 
     def interface(self) -> c_array.ModelInterface:
@@ -240,9 +242,6 @@ def c_array_source(job: ExportJob, path: Path) -> dict[str, Any]:
 @register_format("mcu-project", file="mcu-project", needs=("tflite-int8",))
 def firmware_project(job: ExportJob, path: Path) -> dict[str, Any]:
     """A firmware project (C array, TFLM runner with this model's operators only, MPS2 port, Makefile)."""
-    from edgekd.benchmarks import firmware
-    from edgekd.benchmarks.device import check_operators
-
     tflite_path = job.out / FORMATS.get("tflite-int8").file
     ops = mcu_project.write_mcu_project(tflite_path, path, job.interface())
     try:
@@ -250,6 +249,6 @@ def firmware_project(job: ExportJob, path: Path) -> dict[str, Any]:
     except firmware.DeviceSetupError as exc:
         kernels = holds("TFLM kernels", True, f"not checked: {exc}")
     else:
-        check_operators(tflite_path, tree)  # an operator TFLM lacks is bad input: one line, exit 2
+        mcu_project.check_operators(tflite_path, tree)  # an operator TFLM lacks is bad input: one line, exit 2
         kernels = holds("TFLM kernels", True, f"{', '.join(ops)}: every operator has a kernel in {tree}")
     return {"info": {"operators": ops}, "checks": [kernels]}

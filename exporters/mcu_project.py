@@ -13,6 +13,7 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
+from edgekd import firmware
 from edgekd.exporters import c_array
 from edgekd.exporters.tflite import read_graph
 
@@ -30,7 +31,7 @@ TEMPLATE_FILES = (
 GENERATED_FILES = ("model_data.cc", "model_data.h", "model_ops.h", "model_ops.mk", "README.md")
 
 # MicroMutableOpResolver names its methods after the operator in CamelCase (CONV_2D → AddConv2D)
-# except for these; tests/test_firmware.py checks the rule against a TFLM tree's header.
+# except for these; tests/test_device.py checks the rule against a TFLM tree's header.
 _METHOD_EXCEPTIONS = {
     "BATCH_MATMUL": "AddBatchMatMul",
     "CUMSUM": "AddCumSum",
@@ -50,6 +51,22 @@ def model_ops(tflite_path: Path) -> list[str]:
     """The distinct builtin operators of a .tflite, in order of first use."""
     _, _, op_names = read_graph(tflite_path)
     return list(dict.fromkeys(op_names))
+
+
+def check_operators(tflite_path: Path, tree: Path) -> None:
+    """Every operator of the model must be one the tree's TFLM can register, under the name we use."""
+    methods = firmware.resolver_methods(tree)
+    for op in model_ops(tflite_path):
+        if op not in methods:
+            raise firmware.DeviceSetupError(
+                f"TensorFlow Lite Micro (tree {tree}) has no kernel for operator {op} used by {tflite_path.name}; "
+                "change the model or use a newer TFLM tree"
+            )
+        if methods[op] != resolver_method(op):
+            raise firmware.DeviceSetupError(
+                f"the TFLM tree registers {op} with {methods[op]}(), not {resolver_method(op)}(); "
+                "this edgekd does not know that TFLM version"
+            )
 
 
 def _model_ops_header(ops: list[str], description: str) -> str:

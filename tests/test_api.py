@@ -9,12 +9,13 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import run_cli
 
 import edgekd
-from edgekd.data import DATASETS, DatasetEntry
-from edgekd.exporters.formats import FORMATS
-from edgekd.methods import METHODS
+from edgekd.data import DatasetEntry
+from edgekd.errors import EdgeKDError
+from edgekd.registry import DATASETS, FORMATS, METHODS
 from edgekd.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,6 +86,22 @@ def test_list_every_kind(capsys):
     assert code == 2 and "did you mean 'methods'?" in err
 
 
+def test_a_third_party_dataset_is_one_file_with_its_own_options(capsys, tiny_recipe, toy_plugin):
+    from edgekd.data import load_data
+    from edgekd.recipe import parse_recipe
+
+    code, out, _ = run_cli(capsys, "list", "datasets")
+    assert code == 0 and "toy-stripes" in out and "Horizontal or vertical stripes" in out
+    tiny_recipe["data"] = {"dataset": "toy-stripes", "image_size": 16, "channels": 1, "stripes": {"period": 8}}
+    recipe = parse_recipe(tiny_recipe)
+    assert recipe.data.stripes.period == 8 and parse_recipe(yaml.safe_load(recipe.to_yaml())) == recipe
+    data = load_data(recipe.data, recipe.seed)
+    assert data.class_names == ["horizontal", "vertical"] and data.image_size == 16
+    tiny_recipe["data"]["stripes"] = {"perod": 8}
+    with pytest.raises(EdgeKDError, match=r"unknown key 'data.stripes.perod'; did you mean 'period'"):
+        parse_recipe(tiny_recipe)
+
+
 @pytest.mark.slow
 def test_run_loads_the_dataset_once(capsys, tmp_path, tiny_recipe, write_recipe, scoped_registries):
     synthetic = DATASETS.get("synthetic")
@@ -94,7 +111,7 @@ def test_run_loads_the_dataset_once(capsys, tmp_path, tiny_recipe, write_recipe,
         loads.append(seed)
         return synthetic.load(config, seed)
 
-    DATASETS.register("counted", DatasetEntry("counted", counted))
+    DATASETS.register("counted", DatasetEntry("counted", counted, config=synthetic.config))
     tiny_recipe["data"]["dataset"] = "counted"
     tiny_recipe["teacher"]["train"]["epochs"] = 1
     tiny_recipe["distill"]["epochs"] = 1

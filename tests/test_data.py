@@ -5,13 +5,13 @@ import pytest
 import torch
 from PIL import Image
 
+from edgekd.config import DataConfig, data_section
 from edgekd.data import load_data, make_loader
 from edgekd.errors import DataError
-from edgekd.recipe import DataConfig
 
 
 def config(**fields) -> DataConfig:
-    return DataConfig.model_validate(fields)
+    return data_section(fields)
 
 
 def labels_of(dataset) -> list[int]:

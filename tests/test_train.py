@@ -6,7 +6,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from edgekd.recipe import TrainConfig
-from edgekd.train import MetricsLog, Runtime, atomic_save, build_optimizer, build_scheduler, recalibrate_batchnorm
+from edgekd.rundir import atomic_save
+from edgekd.runtime import Runtime, recalibrate_batchnorm
+from edgekd.train import MetricsLog, build_optimizer, build_scheduler
 
 
 def train_quietly(stage, method, config, data, runtime, folder: Path, **options):
@@ -105,7 +107,7 @@ def test_batchnorm_statistics_of_class_sorted_data_span_every_class(tmp_path):
 
 
 def test_a_full_disk_is_one_line_and_keeps_the_previous_file(tmp_path, monkeypatch):
-    from edgekd import train
+    from edgekd import rundir
     from edgekd.errors import RunDirError
 
     state = {"weights": torch.zeros(1000)}
@@ -116,13 +118,13 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_file(tmp_path, monkeypat
         real_save(obj, path)
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 278976 vs 278872")
 
-    monkeypatch.setattr(train.torch, "save", save_until_full)
-    monkeypatch.setattr(train.shutil, "disk_usage", lambda _: type("Usage", (), {"free": 100})())
+    monkeypatch.setattr(torch, "save", save_until_full)
+    monkeypatch.setattr(rundir.shutil, "disk_usage", lambda _: type("Usage", (), {"free": 100})())
     with pytest.raises(
         RunDirError, match=rf"no space left in {tmp_path} to write last.pt \(needs about 0.0 MB, 0.0 MB"
     ):
         atomic_save({"weights": torch.ones(1000)}, tmp_path / "last.pt")
-    monkeypatch.setattr(train.torch, "save", real_save)
+    monkeypatch.setattr(torch, "save", real_save)
     assert torch.load(tmp_path / "last.pt")["weights"].sum() == 0, "the previous checkpoint is intact"
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"], "no temporary file left"
 
@@ -164,11 +166,12 @@ def test_the_teacher_cache_leaves_the_student_bit_identical(tmp_path):
     import copy
 
     from edgekd.data import load_data
+    from edgekd.datasets.synthetic import SyntheticConfig
     from edgekd.methods.kd import KD
     from edgekd.models import create_model
-    from edgekd.recipe import DataConfig, TrainConfig
+    from edgekd.recipe import TrainConfig
 
-    config = DataConfig(
+    config = SyntheticConfig(
         dataset="synthetic", image_size=32, channels=1, synthetic={"num_classes": 4, "samples_per_class": 40}
     )
     data = load_data(config, seed=0)
@@ -193,10 +196,11 @@ def test_torch_compile_trains_the_same_student(tmp_path):
     from torch import nn
 
     from edgekd.data import load_data
+    from edgekd.datasets.synthetic import SyntheticConfig
     from edgekd.methods.kd import KD
-    from edgekd.recipe import DataConfig, TrainConfig
+    from edgekd.recipe import TrainConfig
 
-    config = DataConfig(
+    config = SyntheticConfig(
         dataset="synthetic", image_size=16, channels=1, synthetic={"num_classes": 4, "samples_per_class": 16}
     )
     data = load_data(config, seed=0)

@@ -1,6 +1,6 @@
 """A third party's extension, registered through edgekd's public registry API only: a distillation method
-(logit matching by mean squared error, Ba & Caruana 2014) and an export format (the student's weights as a
-NumPy archive, checked by reloading them)."""
+(logit matching by mean squared error, Ba & Caruana 2014), an export format (the student's weights as a
+NumPy archive, checked by reloading them) and a dataset with an option of its own (stripes)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from pydantic import Field
 
 import edgekd
 from edgekd.checks import holds
-from edgekd.config import DistillSettings
+from edgekd.config import DataConfig, DistillSettings, StrictModel
+from edgekd.data import DataBundle, resized, split_tensors
 from edgekd.methods import FrozenTeacherMethod
 
 
@@ -52,3 +53,24 @@ def weights_archive(job, path: Path) -> dict[str, Any]:
     with np.load(path) as archive:
         same = all(torch.equal(torch.from_numpy(archive[key]), job.model.state_dict()[key]) for key in state)
     return {"info": {"tensors": len(state)}, "checks": [holds("round trip", same, f"{len(state)} tensors reloaded")]}
+
+
+class StripesOptions(StrictModel):
+    period: int = Field(4, ge=2, description="pixels per stripe pair")
+
+
+class StripesConfig(DataConfig):
+    """`dataset: toy-stripes`: the common data keys, and `stripes: {period: N}`."""
+
+    stripes: StripesOptions = StripesOptions()
+
+
+@edgekd.register_dataset("toy-stripes", config=StripesConfig)
+def stripes(config: StripesConfig, seed: int) -> DataBundle:
+    """Horizontal or vertical stripes with noise: two classes."""
+    generator = torch.Generator().manual_seed(seed)
+    coordinate = torch.arange(16) // (config.stripes.period // 2) % 2
+    patterns = torch.stack([coordinate[:, None].expand(16, 16), coordinate[None, :].expand(16, 16)]).float()
+    labels = torch.arange(2).repeat(40)
+    images = (patterns[labels] + 0.2 * torch.randn(len(labels), 16, 16, generator=generator)).clamp(0, 1)
+    return split_tensors(config, seed, resized(config, images.unsqueeze(1)), labels, ["horizontal", "vertical"], None)

@@ -25,7 +25,8 @@ from edgekd.distributed import World
 from edgekd.methods import MethodContext, build_method
 from edgekd.models import create_model
 from edgekd.recipe import load_recipe
-from edgekd.train import Runtime, _Running, build_optimizer, build_scheduler
+from edgekd.runtime import Runtime
+from edgekd.train import _Running, build_optimizer, build_scheduler
 
 HERE = Path(__file__).resolve().parent
 PHASES = ("batch", "forward and loss", "backward", "optimizer", "scheduler and sums")

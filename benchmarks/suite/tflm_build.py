@@ -22,7 +22,7 @@ from pathlib import Path
 
 from results import write_section
 
-from edgekd.benchmarks.firmware import find_toolchain, resolve_tflm_tree
+from edgekd.firmware import find_toolchain, resolve_tflm_tree
 
 FIRMWARE = Path(__file__).resolve().parents[2] / "exporters" / "firmware"
 

@@ -24,10 +24,10 @@ from results import write_section
 from tflm_build import build_arguments, timed_make
 
 from edgekd.benchmarks import device, fit
-from edgekd.benchmarks.firmware import Toolchain, find_toolchain, flash_bytes, resolve_tflm_tree, section_sizes
 from edgekd.exporters import tflite
 from edgekd.exporters.mcu_project import model_ops
 from edgekd.exporters.runtimes import MicroRunner
+from edgekd.firmware import Toolchain, find_toolchain, flash_bytes, resolve_tflm_tree, section_sizes
 
 
 def build(project: Path, tree: Path, core: str, lib_dir: Path, kernels: str, jobs: int, toolchain: Toolchain) -> dict:

@@ -21,6 +21,7 @@ from torch import nn
 from edgekd.config import DistillSettings
 from edgekd.methods.base import DistillMethod
 from edgekd.methods.registry import register_method
+from edgekd.runtime import evaluate
 
 
 class CoDistillConfig(DistillSettings):
@@ -64,8 +65,6 @@ class CoDistillation(DistillMethod):
 
     def results(self, batches, runtime) -> dict[str, Any]:
         """Every student's test accuracy and their ensemble's (the first student is the one exported)."""
-        from edgekd.train import evaluate
-
         accuracies = [evaluate(student, batches, runtime)[1] for student in self.students]
         correct, seen = 0, 0
         for images, labels, *_ in batches:

@@ -26,6 +26,7 @@ from torch import nn
 from edgekd.config import DistillSettings
 from edgekd.methods.base import DistillMethod
 from edgekd.methods.registry import register_method
+from edgekd.runtime import evaluate
 
 
 class MeanTeacherConfig(DistillSettings):
@@ -118,8 +119,6 @@ class MeanTeacher(DistillMethod):
 
     def results(self, batches, runtime) -> dict[str, Any]:
         """The averaged teacher's test accuracy beside the student's."""
-        from edgekd.train import evaluate
-
         return {"teacher_accuracy": evaluate(self.teacher, batches, runtime)[1], "steps": self.steps}
 
     @classmethod

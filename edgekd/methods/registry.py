@@ -20,24 +20,7 @@ from torch import nn
 
 from edgekd.config import DistillSettings
 from edgekd.distributed import World
-from edgekd.registry import Registry
-
-BUILTIN = tuple(
-    f"edgekd.methods.{module}"
-    for module in (
-        "kd",
-        "hints",
-        "prokt",
-        "dkd",
-        "at",
-        "codistill",
-        "crd",
-        "nst",
-        "tfkd",
-        "mean_teacher",
-        "specialists",
-    )
-)
+from edgekd.registry import METHODS
 
 
 @dataclass(frozen=True)
@@ -57,19 +40,12 @@ class MethodEntry:
         return (self.config.__doc__ or self.method.__doc__ or "").strip().splitlines()[0]
 
 
-METHODS: Registry[MethodEntry] = Registry("method", "edgekd.methods", BUILTIN)
-
-
 def register_method(name: str, *, config: type[DistillSettings], **traits) -> Callable[[type], type]:
     def wrap(cls: type) -> type:
         METHODS.register(name, MethodEntry(name, cls, config, **traits))
         return cls
 
     return wrap
-
-
-def default_method() -> str:
-    return next(name for name, entry in METHODS if entry.default)
 
 
 @dataclass

@@ -29,15 +29,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
+from sklearn.cluster import KMeans
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from edgekd.config import DistillSettings, TrainConfig
+from edgekd.data import Batches, labels_of
 from edgekd.errors import RecipeError
 from edgekd.methods.base import FrozenTeacherMethod
 from edgekd.methods.kd import kd_loss
 from edgekd.methods.plain import Plain
 from edgekd.methods.registry import register_method
+from edgekd.runtime import evaluate
 
 
 class SpecialistsConfig(DistillSettings):
@@ -58,8 +61,6 @@ class SpecialistsConfig(DistillSettings):
 
 def confusable_clusters(probabilities: np.ndarray, count: int, seed: int) -> list[list[int]]:
     """k-means over the rows of the covariance of predicted class probabilities (N × K)."""
-    from sklearn.cluster import KMeans
-
     classes = probabilities.shape[1]
     if not 1 <= count <= classes:
         raise RecipeError(f"distill.specialists: {count} clusters of {classes} classes; give 1 to {classes}")
@@ -140,8 +141,6 @@ class _Relabelled(Dataset):
 
 def _enriched(data, classes: list[int], seed: int):
     """The cluster's training images and as many others (the dustbin), relabelled; val and test relabelled."""
-    from edgekd.data import labels_of
-
     labels = labels_of(data.train)
     own = np.flatnonzero(np.isin(labels, classes))
     others = np.flatnonzero(~np.isin(labels, classes))
@@ -179,8 +178,6 @@ class Specialists(FrozenTeacherMethod):
 
     @classmethod
     def from_config(cls, config: SpecialistsConfig, student: nn.Module, teacher: nn.Module, context) -> Specialists:
-        from edgekd.data import Batches
-
         data, runtime = context.data, context.runtime
         generalist = teacher.eval()
         with torch.no_grad():
@@ -208,8 +205,6 @@ class Specialists(FrozenTeacherMethod):
 
     def results(self, batches, runtime) -> dict[str, Any]:
         """Test accuracy of the generalist alone and of the combined teacher, and the clusters."""
-        from edgekd.train import evaluate
-
         return {
             "clusters": self.teacher.clusters,
             "generalist_accuracy": evaluate(self.teacher.generalist, batches, runtime)[1],

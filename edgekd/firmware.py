@@ -1,4 +1,6 @@
-"""Build an mcu-project firmware for a Cortex-M core with the Arm GNU toolchain and run it in QEMU.
+"""The device room: build an mcu-project firmware for a Cortex-M core with the Arm GNU toolchain and run
+it in QEMU. Export (the mcu-project format checks a model's operators against the tree) and bench (the
+device runtime) both use it, so it sits below both.
 
 Plumbing only: find the toolchain and a TensorFlow Lite Micro source tree, build (the TFLM library
 once per tree, core, flags and compiler, in a cache), run the firmware under `-icount shift=0`
@@ -208,12 +210,6 @@ def tree_digest(tree: Path) -> str:
         digest.update(str(path.relative_to(tree)).encode() + b"\0")
         digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
-
-
-def tflm_operators(tree: Path) -> set[str]:
-    """The builtin operators the tree's MicroMutableOpResolver can register."""
-    header = (tree / "tensorflow/lite/micro/micro_mutable_op_resolver.h").read_text()
-    return set(re.findall(r"return AddBuiltin\(\s*BuiltinOperator_(\w+)", header))
 
 
 def resolver_methods(tree: Path) -> dict[str, str]:

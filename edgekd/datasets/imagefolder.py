@@ -1,0 +1,119 @@
+"""An image folder: `root/<class>/*.png`, or `root/train`, `root/val` and `root/test` folders of classes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Subset
+from torchvision.datasets import ImageFolder
+from torchvision.transforms import v2
+
+from edgekd.config import DataConfig
+from edgekd.data import DataBundle, augmentations, register_dataset, stratified
+from edgekd.errors import DataError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@register_dataset("imagefolder", needs_root=True)
+def _imagefolder(config: DataConfig, seed: int) -> DataBundle:
+    """`root/<class>/*.png`, split by the seed; or `root/train`, `root/val` and `root/test` folders."""
+    root = Path(config.root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"imagefolder: data.root {root} is not a folder; point it at a folder of class subfolders")
+    if config.mean is not None and config.std is not None:
+        mean, std = tuple(config.mean), tuple(config.std)
+    elif config.channels == 3:
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    else:
+        mean, std = (0.5,), (0.25,)
+
+    def transform(train: bool) -> v2.Compose:
+        steps: list = [v2.ToImage()]
+        if config.channels == 1:
+            steps.append(v2.Grayscale(1))
+        steps += [v2.Resize((config.image_size,) * 2, antialias=True)]
+        if train:
+            steps += augmentations(config)
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+        return v2.Compose(steps)
+
+    checked: dict[Path, ImageFolder] = {}
+
+    def folder(path: Path, train: bool) -> ImageFolder:
+        try:
+            images = ImageFolder(str(path), transform=transform(train), loader=_load_image)
+        except (FileNotFoundError, OSError) as exc:
+            raise DataError(f"imagefolder: {path}: {exc}; expected one subfolder per class holding images") from None
+        if path not in checked:
+            _check_images(images)
+            checked[path] = images
+        if len(images.classes) < 2:
+            raise DataError(
+                f"imagefolder: {path} has {len(images.classes)} class folder ({', '.join(images.classes)}); "
+                "a classifier needs at least 2"
+            )
+        return images
+
+    has_train = (root / "train").is_dir()
+    source = root / "train" if has_train else root
+    train_full, eval_full = folder(source, True), folder(source, False)
+
+    def same_classes(split: ImageFolder, name: str) -> ImageFolder:
+        if split.classes != train_full.classes:
+            raise DataError(
+                f"imagefolder: {root / name} has classes {split.classes[:5]}…, the training folder "
+                f"{train_full.classes[:5]}…; every split needs the same class folders"
+            )
+        return split
+
+    labels = np.array(train_full.targets)
+    indices = np.arange(len(labels))
+    if has_train and (root / "test").is_dir():
+        test: Dataset = same_classes(folder(root / "test", False), "test")
+    else:
+        indices, test_idx = stratified(indices, labels, config.splits.test, seed)
+        test = Subset(eval_full, test_idx)
+    if has_train and (root / "val").is_dir():
+        train_idx, val = indices, same_classes(folder(root / "val", False), "val")
+    else:
+        train_idx, val_idx = stratified(indices, labels[indices], config.splits.val, seed)
+        val = Subset(eval_full, val_idx)
+    return DataBundle(
+        train=Subset(train_full, train_idx),
+        val=val,
+        test=test,
+        train_eval=Subset(eval_full, train_idx),
+        num_classes=len(train_full.classes),
+        class_names=list(train_full.classes),
+        in_chans=config.channels,
+        image_size=config.image_size,
+        mean=mean,
+        std=std,
+    )
+
+
+def _check_images(images) -> None:
+    """Stop at the first file that is not a readable image, naming it (before any run directory exists).
+    PIL's verify() reads headers and checksums without decoding every pixel, so this stays cheap."""
+    for path, _ in images.samples:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for a bad file
+            raise DataError(
+                f"imagefolder: {path} is not a readable image ({type(exc).__name__}); remove or replace it"
+            ) from None
+
+
+def _load_image(path: str):
+    """torchvision's loader, with a damaged file (one that passed the header check) named in one line."""
+    try:
+        with open(path, "rb") as handle:
+            return Image.open(handle).convert("RGB")
+    except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for a bad file
+        raise DataError(f"imagefolder: {path} cannot be decoded ({type(exc).__name__}); remove or replace it") from None
