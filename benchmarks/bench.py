@@ -5,6 +5,7 @@ the int8 TFLite model against the device's budget. Writes report.json, report.md
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from edgekd.benchmarks import latency as latency_method
 from edgekd.benchmarks.compute import layer_macs, mcu_latency
 from edgekd.benchmarks.machine import machine_line
 from edgekd.benchmarks.memory import analyse
-from edgekd.benchmarks.profiles import Budget, Device
+from edgekd.benchmarks.profiles import Budget, Device, load_device, parse_budget
 from edgekd.benchmarks.report import (
     Artefact,
     DeviceRun,
@@ -35,6 +36,7 @@ from edgekd.benchmarks.report import (
 )
 from edgekd.benchmarks.report import Device as DeviceRecord
 from edgekd.checks import Check, check
+from edgekd.config import BenchConfig
 from edgekd.errors import EdgeKDError
 from edgekd.exporters.export import test_sample
 from edgekd.exporters.formats import FORMATS, device_format
@@ -44,7 +46,6 @@ from edgekd.rundir import ExportReport, RunDir
 
 WINDOWS = 5  # MLPerf Tiny: five inputs, one window each
 MCU_RUNTIME_FOR_VERDICT = "tflm-cmsis-nn"
-TARGET_CHOICES = ("auto", "none", *firmware.TARGETS)
 
 
 def _artefact_format(path: Path) -> str:
@@ -102,9 +103,7 @@ def _inputs_for(runner, images: np.ndarray | None) -> list:
 def resolve_target(target: str, device: Device, tflm: str | None) -> tuple[str | None, str | None]:
     """(QEMU target to run, or None with the reason). `auto` runs the device's core when the toolchain
     and a TFLM tree are present; a target named explicitly must be runnable, or it is bad input."""
-    if target not in TARGET_CHOICES:
-        raise firmware.DeviceSetupError(f"unknown target '{target}'; choose from {', '.join(TARGET_CHOICES)}")
-    if target == "none":
+    if firmware.check_target(target) == "none":
         return None, "not asked for (target: none)"
     if target == "auto":
         target = firmware.TARGET_FOR_CORE.get(device.core or "")
@@ -152,79 +151,14 @@ def verdict(
     Measured figures come first: the device run's arena, firmware size and instruction count; the x86
     arena and the MAC-based estimate only when there was no device run, and the basis says so.
     Checks: every check of export.json, and the firmware's outputs against the host's."""
-    constraints = []
     measured = artefact.device if artefact.device is not None and artefact.device.status == "measured" else None
-    sram = artefact.sram
-    if measured is not None:
-        constraints.append(
-            check(
-                "SRAM",
-                measured.arena_used_bytes,
-                budget.sram_bytes,
-                "bytes",
-                f"TFLite-Micro arena on the {measured.core} (QEMU {measured.machine}), measured",
-            )
-        )
-    elif sram is not None:
-        x86 = sram.arena_total_bytes is not None
-        constraints.append(
-            check(
-                "SRAM",
-                sram.arena_total_bytes if x86 else sram.static_peak_bytes,
-                budget.sram_bytes,
-                "bytes",
-                "TFLite-Micro arena, x86-64 build (the 32-bit target needs a little less)"
-                if x86
-                else "static activation peak",
-            )
-        )
-    if measured is not None:
-        constraints.append(
-            check(
-                "flash",
-                measured.flash_bytes,
-                budget.flash_bytes,
-                "bytes",
-                "firmware image: model + TFLite Micro + CMSIS-NN + C runtime + runner (arm-none-eabi-size)",
-            )
-        )
-    elif artefact.flash_bytes is not None:
-        constraints.append(
-            check("flash", artefact.flash_bytes, budget.flash_bytes, "bytes", "model flatbuffer only (no device run)")
-        )
-    if budget.latency_ms is not None:
-        if measured is not None and measured.latency is not None:
-            latency = measured.latency
-            constraints.append(
-                check("latency", latency.high_ms, budget.latency_ms, "ms", "slow end of " + latency.basis)
-            )
-        elif artefact.mcu_latency:
-            estimate = next(
-                (m for m in artefact.mcu_latency if m.runtime == MCU_RUNTIME_FOR_VERDICT), artefact.mcu_latency[0]
-            )
-            constraints.append(
-                check(
-                    "latency", estimate.high_ms, budget.latency_ms, "ms", f"slow end of the {estimate.runtime} estimate"
-                )
-            )
-        else:
-            constraints.append(check("latency", float("inf"), budget.latency_ms, "ms", "no latency figure: no clock"))
-    if budget.accuracy is not None:
-        micro = artefact.accuracy.get("tflite-micro")
-        if micro is not None:
-            basis = f"{artefact.format} in TFLite Micro on {test_images} test images (bit-identical to the device)"
-            constraints.append(check("accuracy", micro, budget.accuracy, "fraction", basis, bound="min"))
-        else:
-            constraints.append(
-                check(
-                    "accuracy",
-                    0.0,
-                    budget.accuracy,
-                    "fraction",
-                    "not measured: a lone artefact has no test split",
-                    bound="min",
-                )
-            )
+    constraints = [
+        _sram_constraint(artefact, measured, budget),
+        _flash_constraint(artefact, measured, budget),
+        _latency_constraint(artefact, measured, budget),
+        _accuracy_constraint(artefact, budget, test_images),
+    ]
+    constraints = [c for c in constraints if c is not None]
     checks = list(export_checks or [])
     if measured is not None:
         checks.append(
@@ -242,6 +176,54 @@ def verdict(
     return Verdict(artefact=artefact.format, passed=passed, constraints=constraints, checks=checks)
 
 
+def _sram_constraint(artefact: Artefact, measured: DeviceRun | None, budget: Budget) -> Check | None:
+    if measured is not None:
+        basis = f"TFLite-Micro arena on the {measured.core} (QEMU {measured.machine}), measured"
+        return check("SRAM", measured.arena_used_bytes, budget.sram_bytes, "bytes", basis)
+    sram = artefact.sram
+    if sram is None:
+        return None
+    if sram.arena_total_bytes is not None:
+        basis = "TFLite-Micro arena, x86-64 build (the 32-bit target needs a little less)"
+        return check("SRAM", sram.arena_total_bytes, budget.sram_bytes, "bytes", basis)
+    return check("SRAM", sram.static_peak_bytes, budget.sram_bytes, "bytes", "static activation peak")
+
+
+def _flash_constraint(artefact: Artefact, measured: DeviceRun | None, budget: Budget) -> Check | None:
+    if measured is not None:
+        basis = "firmware image: model + TFLite Micro + CMSIS-NN + C runtime + runner (arm-none-eabi-size)"
+        return check("flash", measured.flash_bytes, budget.flash_bytes, "bytes", basis)
+    if artefact.flash_bytes is None:
+        return None
+    return check("flash", artefact.flash_bytes, budget.flash_bytes, "bytes", "model flatbuffer only (no device run)")
+
+
+def _latency_constraint(artefact: Artefact, measured: DeviceRun | None, budget: Budget) -> Check | None:
+    if budget.latency_ms is None:
+        return None
+    if measured is not None and measured.latency is not None:
+        latency = measured.latency
+        return check("latency", latency.high_ms, budget.latency_ms, "ms", "slow end of " + latency.basis)
+    if artefact.mcu_latency:
+        estimate = next(
+            (m for m in artefact.mcu_latency if m.runtime == MCU_RUNTIME_FOR_VERDICT), artefact.mcu_latency[0]
+        )
+        basis = f"slow end of the {estimate.runtime} estimate"
+        return check("latency", estimate.high_ms, budget.latency_ms, "ms", basis)
+    return check("latency", float("inf"), budget.latency_ms, "ms", "no latency figure: no clock")
+
+
+def _accuracy_constraint(artefact: Artefact, budget: Budget, test_images: int | None) -> Check | None:
+    if budget.accuracy is None:
+        return None
+    micro = artefact.accuracy.get("tflite-micro")
+    if micro is None:
+        basis = "not measured: a lone artefact has no test split"
+        return check("accuracy", 0.0, budget.accuracy, "fraction", basis, bound="min")
+    basis = f"{artefact.format} in TFLite Micro on {test_images} test images (bit-identical to the device)"
+    return check("accuracy", micro, budget.accuracy, "fraction", basis, bound="min")
+
+
 def export_checks(exported: ExportReport | None) -> list[Check]:
     """Every check of export.json, named by its artefact."""
     if exported is None:
@@ -251,96 +233,55 @@ def export_checks(exported: ExportReport | None) -> list[Check]:
     ]
 
 
-def bench(
-    source: Path,
-    device: Device,
-    budget: Budget,
-    *,
-    latency_seconds: float = 1.0,
-    out_dir: Path | None = None,
-    console: Console | None = None,
-    target: str = "auto",
-    device_images: int = 100,
-    tflm: str | None = None,
-) -> Report:
+@dataclass(frozen=True)
+class BenchPlan:
+    """What one benchmark is asked, resolved once: the device profile, the budget, the QEMU target to run
+    the firmware on (or why not), and the recipe's `bench:` settings. Making one checks the input, so
+    `edgekd run` makes it before training."""
+
+    device: Device
+    budget: Budget
+    settings: BenchConfig
+    run_target: str | None  # the QEMU target the firmware runs on, None when it does not
+    skip_reason: str | None  # why the device run is skipped
+    tflm: str | None = None  # a TensorFlow Lite Micro tree (default: $EDGEKD_TFLM)
+
+    @classmethod
+    def of(cls, settings: BenchConfig, tflm: str | None = None) -> BenchPlan:
+        device = load_device(settings.device)
+        budget = parse_budget(settings.budget, device)
+        run_target, skip_reason = resolve_target(settings.target, device, tflm)
+        return cls(device, budget, settings, run_target, skip_reason, tflm)
+
+
+def bench(source: Path, plan: BenchPlan, *, out_dir: Path | None = None, console: Console | None = None) -> Report:
+    """Benchmark a run directory (after export) or a lone artefact as `plan` says; write the report."""
     console = console or Console(stderr=True)
     source = Path(source)
-    run_target, skip_reason = resolve_target(target, device, tflm)
     # A run directory gets the report and the firmware build: one writer at a time.
     lock = RunDir(source).locked() if source.is_dir() and RunDir(source).is_run else contextlib.nullcontext()
     threads = torch.get_num_threads()
     try:
         with lock:
-            return _bench(
-                source, device, budget, latency_seconds, out_dir, console, target, run_target, skip_reason,
-                device_images, tflm,
-            )  # fmt: skip
+            torch.set_num_threads(1)  # one thread, as on an MCU and in MLPerf Tiny
+            return _bench(source, plan, out_dir or report_dir(source), console)
     finally:
-        torch.set_num_threads(threads)  # _bench times on one thread; the caller gets its own count back
+        torch.set_num_threads(threads)  # the caller gets its own count back
 
 
-def _bench(
-    source: Path,
-    device: Device,
-    budget: Budget,
-    latency_seconds: float,
-    out_dir: Path | None,
-    console: Console,
-    target: str,
-    run_target: str | None,
-    skip_reason: str | None,
-    device_images: int,
-    tflm: str | None,
-) -> Report:
+def _bench(source: Path, plan: BenchPlan, out: Path, console: Console) -> Report:
     artefacts, exported, summary, test = _collect(source)
-    images, labels = test if test is not None else (None, None)
-    out = out_dir or report_dir(source)
-    on_device = device_format()
-    torch.set_num_threads(1)  # one thread, as on an MCU and in MLPerf Tiny (bench() restores the count)
-    records = []
-    for fmt, path in artefacts:
-        console.print(f"[bold]{fmt}[/bold] {path}")
-        found = exported.artefacts[fmt].results if exported is not None and fmt in exported.artefacts else {}
-        record = Artefact(
-            format=fmt,
-            path=str(path),
-            bytes=path.stat().st_size,
-            accuracy={runtime: r.accuracy for runtime, r in found.items()},
-            agreement={runtime: r.agreement for runtime, r in found.items()},
-        )
-        for runtime in FORMATS.get(fmt).runtimes:
-            runner = runner_for(path, runtime)
-            measured = latency_method.measure(runner.invoke, _inputs_for(runner, images), min_seconds=latency_seconds)
-            record.host_latency.append(
-                HostLatency(runtime=runtime, median_ms=measured.median_ms, p90_ms=measured.p90_ms, runs=measured.runs)
-            )
-            console.print(f"  host {runtime}: median {measured.median_ms:.3f} ms, p90 {measured.p90_ms:.3f} ms")
-        if path.suffix == ".tflite":  # the graph analyses read TFLite flatbuffers
-            record.sram, record.flash_bytes = _sram(path, int8=fmt == on_device)
-            layers = layer_macs(path)
-            record.macs = sum(layer.macs for layer in layers if layer.op_class != "other")
-            if fmt == on_device:
-                record.mcu_latency = [
-                    McuLatency(runtime=m.runtime, ms=m.ms, low_ms=m.low_ms, high_ms=m.high_ms, basis=m.basis)
-                    for m in mcu_latency(layers, device)
-                ]
-                if run_target is None:
-                    console.print(f"  [yellow]device run skipped[/yellow]: {skip_reason}", highlight=False)
-                    record.device = device_run.skipped(target, skip_reason)
-                else:
-                    record.device = _on_device(
-                        path, source, run_target, device, images, labels, device_images, tflm, out, console
-                    )
-        records.append(record)
+    records = [_artefact(fmt, path, source, plan, exported, test, out, console) for fmt, path in artefacts]
+    budget = plan.budget
     device_record = DeviceRecord(
-        name=device.name,
-        description=device.description,
-        clock_mhz=device.clock_mhz,
+        name=plan.device.name,
+        description=plan.device.description,
+        clock_mhz=plan.device.clock_mhz,
         sram_bytes=budget.sram_bytes,
         flash_bytes=budget.flash_bytes,
         latency_ms=budget.latency_ms,
     )
-    target = next((r for r in records if r.format == on_device), None)
+    target = next((r for r in records if r.format == device_format()), None)
     test_images = exported.test_images if exported is not None else None
     report = Report(
         source=str(source),
@@ -352,7 +293,54 @@ def _bench(
         artefacts=records,
         verdict=verdict(target, budget, export_checks(exported), test_images) if target else None,
     )
+    _write_report(report, source, out, target, budget)
+    return report
 
+
+def _artefact(
+    fmt: str, path: Path, source: Path, plan: BenchPlan, exported: ExportReport | None, test: tuple | None, out: Path,
+    console: Console,
+) -> Artefact:  # fmt: skip
+    """One artefact's record: the export's accuracy, host latency per runtime, and for TFLite the memory
+    analysis, MACs and (the device artefact) the MCU estimate and the device run."""
+    images, labels = test if test is not None else (None, None)
+    console.print(f"[bold]{fmt}[/bold] {path}")
+    found = exported.artefacts[fmt].results if exported is not None and fmt in exported.artefacts else {}
+    record = Artefact(
+        format=fmt,
+        path=str(path),
+        bytes=path.stat().st_size,
+        accuracy={runtime: r.accuracy for runtime, r in found.items()},
+        agreement={runtime: r.agreement for runtime, r in found.items()},
+    )
+    for runtime in FORMATS.get(fmt).runtimes:
+        runner = runner_for(path, runtime)
+        seconds = plan.settings.latency_seconds
+        measured = latency_method.measure(runner.invoke, _inputs_for(runner, images), min_seconds=seconds)
+        record.host_latency.append(
+            HostLatency(runtime=runtime, median_ms=measured.median_ms, p90_ms=measured.p90_ms, runs=measured.runs)
+        )
+        console.print(f"  host {runtime}: median {measured.median_ms:.3f} ms, p90 {measured.p90_ms:.3f} ms")
+    if path.suffix != ".tflite":  # the graph analyses read TFLite flatbuffers
+        return record
+    device_artefact = fmt == device_format()
+    record.sram, record.flash_bytes = _sram(path, int8=device_artefact)
+    layers = layer_macs(path)
+    record.macs = sum(layer.macs for layer in layers if layer.op_class != "other")
+    if device_artefact:
+        record.mcu_latency = [
+            McuLatency(runtime=m.runtime, ms=m.ms, low_ms=m.low_ms, high_ms=m.high_ms, basis=m.basis)
+            for m in mcu_latency(layers, plan.device)
+        ]
+        if plan.run_target is None:
+            console.print(f"  [yellow]device run skipped[/yellow]: {plan.skip_reason}", highlight=False)
+            record.device = device_run.skipped(plan.settings.target, plan.skip_reason)
+        else:
+            record.device = _on_device(path, source, plan, images, labels, out, console)
+    return record
+
+
+def _write_report(report: Report, source: Path, out: Path, target: Artefact | None, budget: Budget) -> None:
     out.mkdir(parents=True, exist_ok=True)
     files = RunDir(out)  # the report goes into the run directory (or beside a lone artefact)
     plots = [
@@ -364,7 +352,6 @@ def _bench(
     report.plots = [p.name for p in plots if p is not None]
     files.report_json.write_text(report.model_dump_json(indent=2) + "\n")
     files.report_md.write_text(markdown(report))
-    return report
 
 
 def report_dir(source: Path) -> Path:
@@ -373,30 +360,22 @@ def report_dir(source: Path) -> Path:
 
 
 def _on_device(
-    path: Path,
-    source: Path,
-    target: str,
-    device: Device,
-    images: np.ndarray | None,
-    labels: np.ndarray | None,
-    count: int,
-    tflm: str | None,
-    out: Path,
+    path: Path, source: Path, plan: BenchPlan, images: np.ndarray | None, labels: np.ndarray | None, out: Path,
     console: Console,
-) -> DeviceRun:
+) -> DeviceRun:  # fmt: skip
     """Build and run the exported firmware project (or, for a lone .tflite, one made for it)."""
     exported_project = RunDir(source).artefact(FORMATS.get("mcu-project").file) if source.is_dir() else None
     project = exported_project if exported_project is not None and exported_project.is_dir() else None
     run = device_run.measure(
         path,
-        target,
-        device,
+        plan.run_target,
+        plan.device,
         project=project,
         build_root=RunDir(out).device,
         images=images,
         labels=labels,
-        count=count,
-        tree_spec=tflm,
+        count=plan.settings.device_images,
+        tree_spec=plan.tflm,
         log=lambda text: console.print(text, highlight=False),
     )
     console.print(

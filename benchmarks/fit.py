@@ -52,6 +52,13 @@ class Candidate:
     def fits(self, budget: Budget) -> bool:
         return self.arena_estimate <= budget.sram_bytes and self.flash_estimate <= budget.flash_bytes
 
+    def recipe_block(self, in_chans: int) -> str:
+        """The recipe keys that train this configuration, to paste into a recipe."""
+        return (
+            f"data:\n  image_size: {self.resolution}\n  channels: {in_chans}\n"
+            f"student:\n  model: mobilenetv2_tiny\n  kwargs: {{width: {self.width}}}\n"
+        )
+
 
 def _conv_output_shapes(model: nn.Module, in_chans: int, resolution: int) -> dict[nn.Module, tuple[int, ...]]:
     shapes: dict[nn.Module, tuple[int, ...]] = {}
@@ -191,10 +198,3 @@ def measure_export(width: float, resolution: int, in_chans: int, num_classes: in
         model = student_like_trained(width, num_classes, in_chans)
         tflite.convert(model, torch.randn(2, in_chans, resolution, resolution), path, int8=True)
         return Measured(path.stat().st_size, measure_arena(path)["total"], analyse(path).peak_bytes)
-
-
-def recipe_block(candidate: Candidate, in_chans: int) -> str:
-    return (
-        f"data:\n  image_size: {candidate.resolution}\n  channels: {in_chans}\n"
-        f"student:\n  model: mobilenetv2_tiny\n  kwargs: {{width: {candidate.width}}}\n"
-    )

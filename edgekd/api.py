@@ -23,7 +23,18 @@ from rich.console import Console
 from torch import nn
 from typing_extensions import Unpack
 
-from edgekd.data import DataBundle
+from edgekd import firmware
+from edgekd.benchmarks.bench import BenchPlan
+from edgekd.benchmarks.bench import bench as run_bench
+from edgekd.benchmarks.fit import Candidate, search
+from edgekd.benchmarks.profiles import load_device, parse_budget
+from edgekd.benchmarks.report import Report
+from edgekd.config import BenchConfig
+from edgekd.data import DataBundle, load_data
+from edgekd.errors import EdgeKDError
+from edgekd.exporters.export import export_run
+from edgekd.pipeline import default_run_dir
+from edgekd.pipeline import distill as run_distill
 from edgekd.recipe import Recipe, apply_override, parse_recipe, read_recipe
 from edgekd.rundir import ExportReport, RunDir, Summary
 
@@ -68,11 +79,10 @@ class DistillOptions(TypedDict, total=False):
     resume: bool  # continue a killed or finished run
     overwrite: bool  # replace an earlier run in run_dir
     quiet: bool  # no progress on stderr
+    console: Console  # where progress goes (default: stderr)
 
 
 def _resolve(recipe: RecipeLike, run_dir: str | Path | None, options: DistillOptions) -> tuple[Recipe, Path]:
-    from edgekd.pipeline import default_run_dir
-
     given = options.get("teacher") is not None
     loaded = load_recipe(recipe, options.get("overrides"), teacher_given=given, data=options.get("data"))
     return loaded, Path(run_dir) if run_dir is not None else default_run_dir(loaded)
@@ -83,7 +93,7 @@ def _pipeline(options: DistillOptions, data: DataBundle | None) -> dict[str, Any
     return {
         "resume": options.get("resume", False),
         "overwrite": options.get("overwrite", False),
-        "console": _console(options.get("quiet", False)),
+        "console": options.get("console") or _console(options.get("quiet", False)),
         "data": data,
         "teacher": options.get("teacher"),
     }
@@ -92,20 +102,23 @@ def _pipeline(options: DistillOptions, data: DataBundle | None) -> dict[str, Any
 def distill(recipe: RecipeLike, run_dir: str | Path | None = None, **options: Unpack[DistillOptions]) -> Summary:
     """Train the teacher (unless handed in), the baseline and the distilled student into `run_dir`
     (default: the recipe's output_dir/name)."""
-    from edgekd.pipeline import distill as run_distill
-
     loaded, out = _resolve(recipe, run_dir, options)
     return run_distill(loaded, out, **_pipeline(options, options.get("data")))
 
 
 def export(
-    run_dir: str | Path, formats: list[str] | None = None, *, data: DataBundle | None = None, quiet: bool = False
+    run_dir: str | Path,
+    formats: list[str] | None = None,
+    *,
+    data: DataBundle | None = None,
+    recipe: Recipe | None = None,
+    quiet: bool = False,
+    console: Console | None = None,
 ) -> ExportReport:
     """Write and verify the run's artefacts (default: the recipe's export.formats). `data`: the data the
-    run was distilled on, when it was handed in from Python."""
-    from edgekd.exporters.export import export_run
-
-    return export_run(Path(run_dir), formats, console=_console(quiet), data=data)
+    run was distilled on, when it was handed in from Python; `recipe`: the run's recipe, when the caller
+    holds it (else it is read from the run directory)."""
+    return export_run(Path(run_dir), formats, console=console or _console(quiet), data=data, recipe=recipe)
 
 
 def bench(
@@ -118,23 +131,13 @@ def bench(
     device_images: int = 100,
     tflm: str | None = None,
     quiet: bool = False,
-):
+    console: Console | None = None,
+) -> Report:
     """Benchmark a run directory (after export) or a lone .onnx/.tflite file against a device profile;
-    returns the report (edgekd.benchmarks.report.Report) also written as report.md/report.json."""
-    from edgekd.benchmarks.bench import bench as run_bench
-    from edgekd.benchmarks.profiles import load_device, parse_budget
-
-    profile = load_device(device)
-    return run_bench(
-        Path(source),
-        profile,
-        parse_budget(budget, profile),
-        latency_seconds=latency_seconds,
-        console=_console(quiet),
-        target=target,
-        device_images=device_images,
-        tflm=tflm,
-    )
+    returns the report also written as report.md/report.json."""
+    settings = BenchConfig(device=device, budget=budget, target=firmware.check_target(target),
+                           latency_seconds=latency_seconds, device_images=device_images)  # fmt: skip
+    return run_bench(Path(source), BenchPlan.of(settings, tflm), console=console or _console(quiet))
 
 
 @dataclass
@@ -142,7 +145,7 @@ class RunResult:
     run_dir: Path
     summary: Summary
     export: ExportReport
-    report: Any  # edgekd.benchmarks.report.Report
+    report: Report
 
     @property
     def passed(self) -> bool:
@@ -156,33 +159,17 @@ def run(
     """Distil, export and benchmark (against the recipe's `bench:` section), loading the data once.
     `tflm`: a TensorFlow Lite Micro tree for the device run. Under torchrun only rank 0 exports and
     benchmarks; the other ranks return None."""
-    from edgekd.benchmarks.bench import resolve_target
-    from edgekd.benchmarks.profiles import load_device, parse_budget
-    from edgekd.data import load_data
-    from edgekd.pipeline import distill as run_distill
-
     loaded, out = _resolve(recipe, run_dir, options)
-    profile = load_device(loaded.bench.device)
-    parse_budget(loaded.bench.budget, profile)  # bad device, budget or target: fail before training
-    resolve_target(loaded.bench.target, profile, tflm)
+    plan = BenchPlan.of(loaded.bench, tflm)  # a bad device, budget or target fails here, before training
     data = options["data"] if options.get("data") is not None else load_data(loaded.data, loaded.seed)
-    quiet = options.get("quiet", False)
+    settings = _pipeline(options, data)
     if os.environ.get("RANK", "0") != "0":  # under torchrun: the other processes help train, rank 0 goes on
-        run_distill(loaded, out, **_pipeline(options, data))
+        run_distill(loaded, out, **settings)
         return None
     with RunDir(out).locked():  # one process owns the run from training to report
-        summary = run_distill(loaded, out, **_pipeline(options, data))
-        exported = export(out, data=data, quiet=quiet)
-        report = bench(
-            out,
-            loaded.bench.device,
-            loaded.bench.budget,
-            target=loaded.bench.target,
-            latency_seconds=loaded.bench.latency_seconds,
-            device_images=loaded.bench.device_images,
-            tflm=tflm,
-            quiet=quiet,
-        )
+        summary = run_distill(loaded, out, **settings)
+        exported = export_run(out, console=settings["console"], data=data, recipe=loaded)
+        report = run_bench(out, plan, console=settings["console"])
     return RunResult(out, summary, exported, report)
 
 
@@ -193,13 +180,9 @@ def fit(
     classes: int = 10,
     channels: int = 3,
     min_resolution: int = 64,
-):
+) -> list[Candidate]:
     """MobileNetV2-Tiny width × resolution configurations that fit the device, most MACs first
-    (edgekd.benchmarks.fit.Candidate: predicted arena and flash are upper bounds)."""
-    from edgekd.benchmarks.fit import search
-    from edgekd.benchmarks.profiles import load_device, parse_budget
-    from edgekd.errors import EdgeKDError
-
+    (predicted arena and flash are upper bounds)."""
     if channels not in (1, 3):
         raise EdgeKDError(f"channels {channels}: give 1 (greyscale) or 3 (colour)")
     if classes < 2:

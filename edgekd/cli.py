@@ -6,14 +6,24 @@ import errno
 import os
 import signal
 import sys
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import click
 import typer
+import yaml
+from rich import box
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
+from edgekd import firmware
+from edgekd.benchmarks.profiles import DEVICES, load_device, parse_budget
+from edgekd.checks import format_value
 from edgekd.errors import CheckFailed, EdgeKDError
-from edgekd.rundir import RunDir
+from edgekd.recipe import bundled_recipes
+from edgekd.registry import DATASETS, FORMATS, METHODS, did_you_mean
+from edgekd.rundir import RunDir, Summary
 
 app = typer.Typer(
     add_completion=False,
@@ -30,6 +40,14 @@ EXIT_INTERRUPTED = 130  # Ctrl-C
 EXIT_TERMINATED = 143  # SIGTERM
 
 
+def _api():
+    """edgekd.api, imported when a command first needs it: it brings torch, timm and the exporters (~10 s
+    on these machines), which `--help`, `list`, `recipes` and `doctor` do without."""
+    from edgekd import api  # noqa: PLC0415 - deferred heavy import (torch, timm, onnx, litert)
+
+    return api
+
+
 @app.command()
 def distill(
     recipe: str = typer.Argument(..., help="recipe YAML file, or the name of a bundled recipe (see `edgekd recipes`)"),
@@ -39,15 +57,12 @@ def distill(
     set_: list[str] = typer.Option([], "--set", help="override a recipe key, e.g. --set distill.epochs=3 (repeatable)"),
 ) -> None:
     """Train the teacher (if needed), the baseline student and the distilled student; print the gain."""
-    from edgekd.pipeline import default_run_dir, summary_table
-    from edgekd.pipeline import distill as run_distill
-    from edgekd.recipe import load_recipe
-
     if resume and overwrite:
         raise EdgeKDError("--resume and --overwrite contradict each other; pass one")
-    loaded = load_recipe(recipe, set_)
-    run_dir = out if out is not None else default_run_dir(loaded)
-    summary = run_distill(loaded, run_dir, resume=resume, overwrite=overwrite, console=stderr)
+    api = _api()
+    loaded = api.load_recipe(recipe, set_)
+    run_dir = out if out is not None else api.default_run_dir(loaded)
+    summary = api.distill(loaded, run_dir, resume=resume, overwrite=overwrite, console=stderr)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one process reports
         stdout.print(summary_table(summary))
         stdout.print(f"run directory: {run_dir}")
@@ -63,12 +78,22 @@ def export(
     ),
 ) -> None:
     """Export the distilled student to device artefacts and verify each one against PyTorch."""
-    from edgekd.exporters.export import export_run, parse_formats
-
     chosen = parse_formats(formats) if formats is not None else None
-    report = export_run(run_dir, chosen, console=stderr)
+    report = _api().export(run_dir, chosen, console=stderr)
     _raise_if_failed(report, run_dir)
     stdout.print(f"all {len(report.artefacts)} artefacts verified: {RunDir(run_dir).export_json}")
+
+
+def parse_formats(text: str) -> list[str]:
+    formats = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        names = FORMATS.names()
+        hint = did_you_mean(unknown[0], names) if unknown else ""
+        raise EdgeKDError(
+            f"unknown export format {', '.join(unknown) or repr(text)}{hint}; choose from {', '.join(names)}"
+        )
+    return formats
 
 
 def _raise_if_failed(export_report, run_dir: Path) -> None:
@@ -79,32 +104,6 @@ def _raise_if_failed(export_report, run_dir: Path) -> None:
         )
 
 
-def _bench(
-    source: Path,
-    device: str,
-    budget: str | None,
-    latency_seconds: float,
-    strict: bool,
-    target: str,
-    device_images: int,
-    tflm: str | None,
-) -> None:
-    from edgekd.api import bench as run_bench
-
-    report = run_bench(
-        source,
-        device,
-        budget,
-        target=target,
-        latency_seconds=latency_seconds,
-        device_images=device_images,
-        tflm=tflm,
-    )
-    _print_verdict(report, source)
-    if strict:
-        _raise_if_verdict_fails(report, source)
-
-
 def _raise_if_verdict_fails(report, source: Path) -> None:
     verdict = report.verdict
     if verdict is not None and not verdict.passed:
@@ -113,32 +112,27 @@ def _raise_if_verdict_fails(report, source: Path) -> None:
 
 
 def report_path(source: Path) -> Path:
-    from edgekd.benchmarks.bench import report_dir
-
-    return RunDir(report_dir(source)).report_md
+    """report.md: in the run directory, or in a folder beside a lone artefact."""
+    folder = source if source.is_dir() else source.parent / f"{source.stem}-report"
+    return RunDir(folder).report_md
 
 
 def _print_verdict(report, source: Path) -> None:
-    from edgekd.benchmarks.report import format_value
-
     verdict = report.verdict
     if verdict is not None:
         mark = "[green]PASS[/green]" if verdict.passed else "[red]FAIL[/red]"
         failed_checks = [c.name for c in verdict.checks if not c.passed]
-        stdout.print(
-            f"{mark} {verdict.artefact} on {report.device.name}: "
-            + ", ".join(
-                f"{c.name} {'ok' if c.passed else 'FAILED'} ({format_value(c.unit, c.value)}"
-                f" {'of' if c.bound == 'max' else 'need ≥'} {format_value(c.unit, c.limit)})"
-                for c in verdict.constraints
-            )
-            + (
-                f"; {len(failed_checks)} of {len(verdict.checks)} checks FAILED: {', '.join(failed_checks)}"
-                if failed_checks
-                else f"; all {len(verdict.checks)} checks hold"
-            ),
-            highlight=False,
+        constraints = ", ".join(
+            f"{c.name} {'ok' if c.passed else 'FAILED'} ({format_value(c.unit, c.value)}"
+            f" {'of' if c.bound == 'max' else 'need ≥'} {format_value(c.unit, c.limit)})"
+            for c in verdict.constraints
         )
+        checks = (
+            f"{len(failed_checks)} of {len(verdict.checks)} checks FAILED: {', '.join(failed_checks)}"
+            if failed_checks
+            else f"all {len(verdict.checks)} checks hold"
+        )
+        stdout.print(f"{mark} {verdict.artefact} on {report.device.name}: {constraints}; {checks}", highlight=False)
     stdout.print(f"report: {report_path(source)}")
 
 
@@ -165,7 +159,11 @@ def bench(
     tflm: str | None = typer.Option(None, "--tflm", help=TFLM_HELP),
 ) -> None:
     """Accuracy, host latency, measured device figures, SRAM and flash of every artefact; a verdict and a report."""
-    _bench(source, device, budget, latency_seconds, strict, target, device_images, tflm)
+    report = _api().bench(source, device, budget, target=target, latency_seconds=latency_seconds,
+                          device_images=device_images, tflm=tflm, console=stderr)  # fmt: skip
+    _print_verdict(report, source)
+    if strict:
+        _raise_if_verdict_fails(report, source)
 
 
 @app.command()
@@ -179,12 +177,9 @@ def run(
     tflm: str | None = typer.Option(None, "--tflm", help=TFLM_HELP),
 ) -> None:
     """Distil, export, benchmark and report: the whole path in one command."""
-    from edgekd.api import run as run_all
-    from edgekd.pipeline import summary_table
-
     if resume and overwrite:
         raise EdgeKDError("--resume and --overwrite contradict each other; pass one")
-    result = run_all(recipe, out, overrides=set_, resume=resume, overwrite=overwrite, tflm=tflm)
+    result = _api().run(recipe, out, overrides=set_, resume=resume, overwrite=overwrite, tflm=tflm, console=stderr)
     if result is None:  # a torchrun process other than rank 0: it helped train
         return
     stdout.print(summary_table(result.summary))
@@ -204,16 +199,11 @@ def fit(
     top: int = typer.Option(8, "--top", min=1, help="how many configurations to list"),
 ) -> None:
     """Which MobileNetV2-Tiny width × resolution fit the device (analytic, seconds), best first."""
-    from rich.table import Table
-
-    from edgekd.benchmarks.fit import recipe_block, search
-    from edgekd.benchmarks.profiles import load_device, parse_budget
-
     if channels not in (1, 3):
         raise EdgeKDError(f"--channels {channels}: give 1 (greyscale) or 3 (colour)")
     profile = load_device(device)
     limits = parse_budget(budget, profile)
-    found = search(limits, num_classes=classes, in_chans=channels, min_resolution=min_resolution)
+    found = _api().fit(device, budget, classes=classes, channels=channels, min_resolution=min_resolution)
     if not found:
         raise CheckFailed(
             f"no MobileNetV2-Tiny of width ≥ 0.35 at ≥ {min_resolution} px fits "
@@ -237,7 +227,49 @@ def fit(
         )
     stdout.print(table)
     stdout.print("Ranked by MACs (the proxy for accuracy). Paste into a recipe:\n")
-    stdout.print(recipe_block(found[0], channels), highlight=False, markup=False)
+    stdout.print(found[0].recipe_block(channels), highlight=False, markup=False)
+
+
+def summary_table(summary: Summary) -> Table:
+    """The run's stages (model, size, accuracy, time) and the distillation gain, as `distill` and `run` print them."""
+    # Fits an 80-column terminal: light borders, and only the model name may wrap.
+    table = Table(
+        title=f"{summary.recipe}: {summary.method} on {summary.dataset} ({summary.test_images} test images)",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+        show_edge=False,
+    )
+    for column in ("", "model", "params", "MACs", "test acc", "val acc", "epochs", "time"):
+        table.add_column(
+            column,
+            justify="left" if column in ("", "model") else "right",
+            no_wrap=column != "model",
+            overflow="fold",
+            min_width=16 if column == "model" else None,
+        )
+    for name in ("teacher", "baseline", "student"):
+        row = getattr(summary, name)
+        if row is None:
+            continue
+        table.add_row(
+            name,
+            row.model,
+            f"{row.parameters / 1e6:.2f} M",
+            f"{row.macs / 1e6:.1f} M",
+            f"{row.accuracy:.2%}",
+            "–" if row.val_accuracy is None else f"{row.val_accuracy:.2%}",
+            str(row.epochs),
+            f"{row.seconds:.0f} s",
+        )
+    notes = []
+    if summary.kd_gain is not None:
+        notes.append(f"distillation gain over the baseline: {summary.kd_gain * 100:+.2f} points")
+    images = summary.train_images
+    if images and images["students"] != images["teacher"]:
+        notes.append(f"the students learn from {images['students']:,} of {images['teacher']:,} training images")
+    table.caption = "; ".join(notes) or None
+    return table
 
 
 @app.command()
@@ -248,12 +280,6 @@ def doctor(
     ),
 ) -> None:
     """What this machine has for each part of edgekd, what is missing, and how to get it."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    from rich.table import Table
-
-    from edgekd import firmware
-
     table = Table(title="edgekd doctor", show_lines=False)
     for column in ("component", "status", "detail"):
         table.add_column(column, overflow="fold")
@@ -297,10 +323,6 @@ def doctor(
 @app.command()
 def recipes() -> None:
     """List the bundled recipes, one line each."""
-    import yaml
-
-    from edgekd.recipe import bundled_recipes
-
     for name, path in sorted(bundled_recipes().items()):
         description = (yaml.safe_load(path.read_text()) or {}).get("description", "")
         stdout.print(
@@ -317,10 +339,6 @@ LIST_KINDS = ("methods", "datasets", "formats", "devices")
 def list_(kind: str = typer.Argument(..., help="methods, datasets, formats or devices")) -> None:
     """What is registered: distillation methods, datasets, export formats or device profiles (edgekd's
     own and those other installed packages register)."""
-    from rich.table import Table
-
-    from edgekd.registry import did_you_mean
-
     if kind not in LIST_KINDS:
         raise EdgeKDError(f"cannot list '{kind}'{did_you_mean(kind, list(LIST_KINDS))}; choose {', '.join(LIST_KINDS)}")
     table = Table(box=None, pad_edge=False, show_header=True)
@@ -333,7 +351,6 @@ def list_(kind: str = typer.Argument(..., help="methods, datasets, formats or de
 def _registered(kind: str) -> list[tuple[str, str, str]]:
     """(name, traits, one-line description) of every entry of a registry."""
     if kind == "methods":
-        from edgekd.methods import METHODS
 
         def traits(entry) -> str:
             marks = [
@@ -346,15 +363,9 @@ def _registered(kind: str) -> list[tuple[str, str, str]]:
 
         return [(name, traits(entry), entry.summary) for name, entry in METHODS]
     if kind == "datasets":
-        from edgekd.data import DATASETS
-
         return [(name, "data.root" if entry.needs_root else "", entry.summary) for name, entry in DATASETS]
     if kind == "formats":
-        from edgekd.exporters.formats import FORMATS
-
         return [(name, entry.file, entry.summary) for name, entry in FORMATS]
-    from edgekd.benchmarks.profiles import DEVICES, load_device
-
     return [(name, str(path.name), load_device(str(path)).description) for name, path in DEVICES]
 
 
@@ -371,12 +382,10 @@ _terminated = False
 def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:
     """(usage errors, aborts) of the click that typer runs on: typer >= 0.2x carries its own copy
     (typer.exceptions), older typers use click's, so `except click.ClickException` alone misses them."""
-    import click
-
     usage, aborts = [click.ClickException], [click.exceptions.Abort]
-    try:
-        from typer import exceptions as typer_exceptions
-        from typer._click import exceptions as own_click
+    try:  # optional: only typer >= 0.2x carries its own click
+        from typer import exceptions as typer_exceptions  # noqa: PLC0415
+        from typer._click import exceptions as own_click  # noqa: PLC0415
     except ImportError:
         pass
     else:

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekd.cache import cache_dir
 from edgekd.errors import CheckFailed, EdgeKDError
 
 TFLM_ENV = "EDGEKD_TFLM"
-CACHE_ENV = "EDGEKD_CACHE"
 INPUT_FILE = "edgekd_inputs.bin"  # bench_main.cc reads it through semihosting
 BOARD_MEMORY = 4 * 1024 * 1024  # QEMU's MPS2 boards: 4 MiB for code and constants, 4 MiB of RAM
 CODE_ALLOWANCE = 256 * 1024  # TFLM, kernels and C library beside the model (~150 KiB measured)
@@ -50,6 +50,13 @@ TARGETS = {
     "qemu-m7": Target("qemu-m7", "cortex-m7", "mps2-an500"),
 }
 TARGET_FOR_CORE = {target.core: name for name, target in TARGETS.items()}
+TARGET_CHOICES = ("auto", "none", *TARGETS)  # auto: the device profile's core; none: no device run
+
+
+def check_target(target: str) -> str:
+    if target not in TARGET_CHOICES:
+        raise DeviceSetupError(f"unknown target '{target}'; choose from {', '.join(TARGET_CHOICES)}")
+    return target
 
 # What to install when a program is missing (Debian/Ubuntu package names).
 PACKAGES = {
@@ -144,12 +151,6 @@ def find_toolchain() -> Toolchain:
 
 
 # ---------------------------------------------------------------- the TFLM tree
-
-
-def cache_dir() -> Path:
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgekd"
 
 
 def _is_tree(path: Path) -> bool:

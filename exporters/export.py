@@ -37,8 +37,9 @@ def parse_formats(text: str) -> list[str]:
     return formats
 
 
-def load_run(run_dir: Path) -> tuple[Recipe, torch.nn.Module, dict]:
-    """The run's resolved recipe and its student (eval mode) with the weights file's metadata."""
+def load_run(run_dir: Path, recipe: Recipe | None = None) -> tuple[Recipe, torch.nn.Module, dict]:
+    """The run's recipe (`recipe` when the caller holds it, else the resolved one in the run directory)
+    and its student (eval mode) with the weights file's metadata."""
     run = RunDir(run_dir)
     if not run.recipe.is_file():
         raise EdgeKDError(
@@ -47,7 +48,8 @@ def load_run(run_dir: Path) -> tuple[Recipe, torch.nn.Module, dict]:
     weights = run.weights("student")
     if not weights.is_file():
         raise ModelError(f"{weights} is missing; finish the run first (`edgekd distill ... --resume`)")
-    recipe = parse_recipe(yaml.safe_load(run.recipe.read_text()), source=str(run.recipe), teacher_given=True)
+    if recipe is None:
+        recipe = parse_recipe(yaml.safe_load(run.recipe.read_text()), source=str(run.recipe), teacher_given=True)
     try:
         with warnings.catch_warnings():  # torch's pickle-protocol warning would print above the one-line error
             warnings.simplefilter("ignore")
@@ -67,19 +69,53 @@ def load_run(run_dir: Path) -> tuple[Recipe, torch.nn.Module, dict]:
 
 
 def export_run(
-    run_dir: Path, formats: list[str] | None = None, console: Console | None = None, data: DataBundle | None = None
+    run_dir: Path,
+    formats: list[str] | None = None,
+    console: Console | None = None,
+    data: DataBundle | None = None,
+    recipe: Recipe | None = None,
 ) -> ExportReport:
     """Write and verify the artefacts (with their prerequisites); returns export.json's content, whose
     `passed` says whether every check held (a failed check is reported, not raised: the artefacts and
-    the findings are kept). `data`: the run's data when the caller has it loaded already."""
-    with RunDir(run_dir).locked():
-        return _export(RunDir(run_dir), formats, console or Console(stderr=True), data)
+    the findings are kept). `data` and `recipe`: the run's, when the caller has them already."""
+    run = RunDir(run_dir)
+    with run.locked():
+        recipe, model, metadata = load_run(run.path, recipe)
+        data = data or load_data(recipe.data, recipe.seed)
+        job = _job(run, recipe, model, metadata, data, console or Console(stderr=True))
+        written = {name: _write(job, run, name) for name in in_order(formats or list(recipe.export.formats))}
+        # Re-exporting some formats keeps the findings for the others (their files are still there).
+        previous = _previous_artefacts(run)
+        artefacts = {**{f: e for f, e in previous.items() if (run.path / e.path).exists()}, **written}
+        settings = recipe.export
+        report = ExportReport(
+            student=StudentInfo(
+                model=metadata["model"],
+                accuracy=job.student_accuracy,
+                input=[data.in_chans, data.image_size, data.image_size],
+                mean=list(data.mean),
+                std=list(data.std),
+            ),
+            test_images=len(job.test_labels),
+            calibration_images=len(job.calibration),
+            thresholds={
+                "min_agreement_fp32": settings.min_agreement_fp32,
+                "min_agreement_int8": settings.min_agreement_int8,
+                "max_int8_accuracy_drop": settings.max_int8_accuracy_drop,
+            },
+            sample=str(run.test_sample.relative_to(run.path)),
+            artefacts=artefacts,
+            passed=all(e.passed for e in artefacts.values()),
+        )
+        atomic_save(report.model_dump_json(indent=2) + "\n", run.export_json)
+        return report
 
 
-def _export(run: RunDir, formats: list[str] | None, console: Console, data: DataBundle | None) -> ExportReport:
-    recipe, model, metadata = load_run(run.path)
+def _job(run: RunDir, recipe: Recipe, model: torch.nn.Module, metadata: dict, data: DataBundle,
+         console: Console) -> ExportJob:  # fmt: skip
+    """What the formats work from: calibration images from the training split, the test images verified
+    on with the PyTorch student's logits; the test sample the benchmark reads is saved beside them."""
     settings = recipe.export
-    data = data or load_data(recipe.data, recipe.seed)
     if len(data.train_eval) == 0:
         raise DataError("the training split is empty: nothing to calibrate int8 on")
     if len(data.test) == 0:
@@ -91,59 +127,35 @@ def _export(run: RunDir, formats: list[str] | None, console: Console, data: Data
     test_labels = np.array([int(data.test[i][1]) for i in range(test_count)])
     with torch.no_grad():
         reference = model(test_images).numpy()
-
     run.artefacts.mkdir(exist_ok=True)
     run.convert_log.write_text("")
     kept = max(SAMPLE_IMAGES, recipe.bench.device_images)
     np.savez_compressed(run.test_sample, images=test_images[:kept].numpy(), labels=test_labels[:kept])
-    job = ExportJob(recipe, model, metadata, data, calibration, test_images, test_labels, reference, run.artefacts,
-                    run.convert_log, console)  # fmt: skip
-    written: dict[str, ArtefactExport] = {}
-    for name in in_order(formats or list(settings.formats)):
-        entry = FORMATS.get(name)
-        started = time.perf_counter()
-        path = run.artefact(entry.file)
-        console.print(f"[bold]{name}[/bold] → {path}")
-        found = entry.write(job, path)
-        job.done[name] = dict(found)  # what later formats read (the int8 model's arena)
-        checks = found.pop("checks")
-        written[name] = ArtefactExport(
-            path=str(path.relative_to(run.path)),
-            bytes=_size(path),
-            seconds=round(time.perf_counter() - started, 1),
-            passed=all(c.passed for c in checks),
-            checks=checks,
-            results=found.pop("results", {}),
-            info={**found.pop("info", {}), **found},
-        )
-        for c in checks:
-            mark = "[green]ok[/green]" if c.passed else "[red]FAILED[/red]"
-            console.print(f"  {mark} {c.name}: {_shown(c)}", highlight=False)
+    return ExportJob(recipe, model, metadata, data, calibration, test_images, test_labels, reference, run.artefacts,
+                     run.convert_log, console)  # fmt: skip
 
-    # Re-exporting some formats keeps the findings for the others (their files are still there).
-    previous = _previous_artefacts(run)
-    artefacts = {**{f: e for f, e in previous.items() if (run.path / e.path).exists()}, **written}
-    report = ExportReport(
-        student=StudentInfo(
-            model=metadata["model"],
-            accuracy=job.student_accuracy,
-            input=[data.in_chans, data.image_size, data.image_size],
-            mean=list(data.mean),
-            std=list(data.std),
-        ),
-        test_images=test_count,
-        calibration_images=len(calibration),
-        thresholds={
-            "min_agreement_fp32": settings.min_agreement_fp32,
-            "min_agreement_int8": settings.min_agreement_int8,
-            "max_int8_accuracy_drop": settings.max_int8_accuracy_drop,
-        },
-        sample=str(run.test_sample.relative_to(run.path)),
-        artefacts=artefacts,
-        passed=all(e.passed for e in artefacts.values()),
+
+def _write(job: ExportJob, run: RunDir, name: str) -> ArtefactExport:
+    """One format's artefact, written and checked, as export.json records it."""
+    entry = FORMATS.get(name)
+    started = time.perf_counter()
+    path = run.artefact(entry.file)
+    job.console.print(f"[bold]{name}[/bold] → {path}")
+    found = entry.write(job, path)
+    job.done[name] = dict(found)  # what later formats read (the int8 model's arena)
+    checks = found.pop("checks")
+    for c in checks:
+        mark = "[green]ok[/green]" if c.passed else "[red]FAILED[/red]"
+        job.console.print(f"  {mark} {c.name}: {_shown(c)}", highlight=False)
+    return ArtefactExport(
+        path=str(path.relative_to(run.path)),
+        bytes=_size(path),
+        seconds=round(time.perf_counter() - started, 1),
+        passed=all(c.passed for c in checks),
+        checks=checks,
+        results=found.pop("results", {}),
+        info={**found.pop("info", {}), **found},
     )
-    atomic_save(report.model_dump_json(indent=2) + "\n", run.export_json)
-    return report
 
 
 def _shown(c) -> str:

@@ -268,7 +268,7 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_it_resumes(tmp_path, tiny_recipe, w
 def test_the_summary_table_fits_80_columns():
     from rich.console import Console
 
-    from edgekd.pipeline import summary_table
+    from edgekd.cli import summary_table
     from edgekd.rundir import Summary
 
     row = {"model": "mobilenetv2_tiny", "parameters": 310_000, "macs": 1_000_000, "accuracy": 0.962,
@@ -289,6 +289,9 @@ def test_two_processes_under_torchrun_kill_and_resume(tmp_path, tiny_recipe, wri
 
     torchrun = [sys.executable, "-m", "torch.distributed.run"]  # the `torchrun` script, without needing it on PATH
     tiny_recipe["distill"].update(epochs=8, lr=0.05)  # long enough to stop it midway, and to learn the task
+    # 400 images: with the 160 of the tiny recipe (32 to test on) neither student learns the task on some
+    # CPUs (both near chance, 28 % vs 56 %), and the comparison below would turn on a few test images.
+    tiny_recipe["data"]["synthetic"]["samples_per_class"] = 100
     tiny_recipe["baseline"] = {"enabled": False}
     recipe_path = write_recipe(tiny_recipe)
     single = subprocess.run(
@@ -318,7 +321,7 @@ def test_two_processes_under_torchrun_kill_and_resume(tmp_path, tiny_recipe, wri
     summary = json.loads((run_dir / "summary.json").read_text())
     one = json.loads((tmp_path / "one" / "summary.json").read_text())
     assert summary["processes"] == 2 and one["processes"] == 1
-    assert abs(summary["student"]["accuracy"] - one["student"]["accuracy"]) <= 0.25  # 32 test images
+    assert abs(summary["student"]["accuracy"] - one["student"]["accuracy"]) <= 0.25  # 80 test images
     rows = [line.split(",")[:2] for line in (run_dir / "metrics.csv").read_text().splitlines()[1:]]
     assert [epoch for stage, epoch in rows if stage == "student"] == [str(e) for e in range(1, 9)], "one writer"
     assert resumed.stderr.count("student   8/8") == 1 and resumed.stdout.count("run directory") == 1, "rank 0 prints"

@@ -61,7 +61,9 @@ def test_every_format_is_written_and_verified(exported_run):
     assert set(int8["results"]) == {"litert-reference", "tflite-micro"}
     # TFLite's reference kernels and TFLite-Micro compute the same int8 numbers.
     assert int8["results"]["litert-reference"]["agreement"] == int8["results"]["tflite-micro"]["agreement"]
-    assert abs(int8["results"]["tflite-micro"]["accuracy"] - report["student"]["accuracy"]) <= 0.01
+    # Within a few test images (one is 0.28 points; another CPU's student moves by that much): the export's
+    # own accuracy-drop check, which `passed` above includes, judges the drop against its limit.
+    assert abs(int8["results"]["tflite-micro"]["accuracy"] - report["student"]["accuracy"]) <= 0.03
     assert int8["info"]["same_padding_folded"] and int8["info"]["pad_ops_removed"] == 5
     assert "PAD" not in int8["info"]["ops"] and "TRANSPOSE" not in int8["info"]["ops"]
     assert report["artefacts"]["onnx"]["info"]["opset"] >= 18

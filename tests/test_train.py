@@ -16,13 +16,11 @@ def train_quietly(stage, method, config, data, runtime, folder: Path, **options)
     checkpoints and metrics.csv in `folder`."""
     from rich.console import Console
 
-    from edgekd.train import train_stage
+    from edgekd.train import StageOptions, train_stage
 
-    return train_stage(
-        stage, method, config, data, runtime, seed=0, batch_size=16, workers=0,
-        checkpoint_dir=folder / "checkpoints", metrics=MetricsLog(folder / "metrics.csv"), resume=False,
-        console=Console(quiet=True), **options,
-    )  # fmt: skip
+    settings = StageOptions(seed=0, batch_size=16, workers=0, checkpoint=folder / "checkpoints" / f"{stage}.last.pt",
+                            metrics=MetricsLog(folder / "metrics.csv"), console=Console(quiet=True), **options)
+    return train_stage(stage, method, config, data, runtime, settings)  # fmt: skip
 
 
 def test_metrics_log_unions_columns_and_truncates_on_resume(tmp_path):
@@ -231,3 +229,26 @@ def test_torch_compile_trains_the_same_student(tmp_path):
     for key, eager in students[False].items():
         assert torch.allclose(eager.float(), students[True][key].float(), rtol=1e-3, atol=1e-4), key
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+def test_channels_last_auto_measures_both_formats_once_per_machine_and_model(tmp_path):
+    """`channels_last: auto`: a step is timed in both memory formats and the faster kept; the answer is
+    cached, so the next run on this machine makes the same choice without measuring."""
+    from edgekd.models import create_model
+    from edgekd.runtime import choose_memory_format
+
+    model = create_model("mobilenetv2_tiny", num_classes=4, in_chans=1)
+    images, labels = torch.rand(8, 1, 32, 32), torch.arange(8) % 4
+    runtime = Runtime.from_recipe("cpu", "auto", False)
+    assert runtime.channels_last is None
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    cache = tmp_path / "memory_format.json"
+    first = choose_memory_format([(model, True)], images, labels, runtime, rounds=2, cache=cache)
+    assert not first.cached and first.contiguous_ms > 0 and first.channels_last_ms > 0
+    assert first.channels_last == (first.channels_last_ms < first.contiguous_ms)
+    assert all(torch.equal(before[key], value) for key, value in model.state_dict().items()), "copies are timed"
+    again = choose_memory_format([(model, True)], images, labels, runtime, cache=cache)
+    assert again.cached and again.channels_last == first.channels_last
+    assert ("channels_last" if first.channels_last else "contiguous") in again.describe().split(":")[0]
+    other_batch = choose_memory_format([(model, True)], images[:4], labels[:4], runtime, rounds=1, cache=cache)
+    assert not other_batch.cached, "another batch shape is measured anew"

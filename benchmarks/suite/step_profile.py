@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -25,7 +26,7 @@ from edgekd.distributed import World
 from edgekd.methods import MethodContext, build_method
 from edgekd.models import create_model
 from edgekd.recipe import load_recipe
-from edgekd.runtime import Runtime
+from edgekd.runtime import Runtime, choose_memory_format
 from edgekd.train import _Running, build_optimizer, build_scheduler
 
 HERE = Path(__file__).resolve().parent
@@ -58,6 +59,11 @@ def main() -> None:
 
     def build(config):
         return create_model(config.model, num_classes=data.num_classes, in_chans=data.in_chans, kwargs=config.kwargs)
+
+    if runtime.channels_last is None:  # channels_last: auto, as the run's student stage decides it here
+        images, labels, _ = next(iter(Batches(data.train, recipe.data.batch_size, shuffle=True)))
+        choice = choose_memory_format([(build(recipe.student), True)], images, labels, runtime)
+        runtime = replace(runtime, channels_last=choice.channels_last)
 
     teacher = runtime.place(build(recipe.teachers[0]).eval())
     context = MethodContext(data.in_chans, data.image_size, None, World(), train_images=len(data.train))
@@ -122,7 +128,7 @@ def main() -> None:
     body = (
         f"Recipe `{recipe.name}`: {recipe.teachers[0].model} → {recipe.student.model}, {data.image_size} px × "
         f"{data.in_chans} channels, batch {batch_size}, {recipe.distill.method}, {torch.get_num_threads()} threads, "
-        f"{'channels_last' if recipe.channels_last else 'contiguous'}; median of {args.rounds} rounds of "
+        f"{'channels_last' if runtime.channels_last else 'contiguous'}; median of {args.rounds} rounds of "
         f"{args.steps} steps after a warm-up.\n\n" + "\n".join(rows) + "\n\n"
         f"An otherwise identical loop that runs the teacher every step takes {bound:.2f}× as long per step: the "
         "most the cache alone can win. Past that, only a faster student forward and backward (the PyTorch "
