@@ -18,8 +18,10 @@ from edgekd.benchmarks import latency as latency_method
 from edgekd.benchmarks.compute import layer_macs, mcu_latency
 from edgekd.benchmarks.machine import machine_line
 from edgekd.benchmarks.memory import analyse
+from edgekd.benchmarks.plots import plot_device_layers, plot_memory, plot_tradeoffs, plot_training
 from edgekd.benchmarks.profiles import Budget, Device, load_device, parse_budget
-from edgekd.benchmarks.report import (
+from edgekd.benchmarks.report import markdown
+from edgekd.benchmarks.report_schema import (
     Artefact,
     DeviceRun,
     HostLatency,
@@ -28,13 +30,8 @@ from edgekd.benchmarks.report import (
     Report,
     Sram,
     Verdict,
-    markdown,
-    plot_device_layers,
-    plot_memory,
-    plot_tradeoffs,
-    plot_training,
 )
-from edgekd.benchmarks.report import Device as DeviceRecord
+from edgekd.benchmarks.report_schema import Device as DeviceRecord
 from edgekd.checks import Check, check
 from edgekd.config import BenchConfig
 from edgekd.errors import EdgeKDError

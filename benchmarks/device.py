@@ -26,7 +26,7 @@ import numpy as np
 from edgekd import firmware as fw
 from edgekd.benchmarks.compute import layer_macs
 from edgekd.benchmarks.profiles import Device
-from edgekd.benchmarks.report import DeviceLayer, DeviceRun, FlashPart, McuLatency
+from edgekd.benchmarks.report_schema import DeviceLayer, DeviceRun, FlashPart, McuLatency
 from edgekd.exporters.c_array import ModelInterface
 from edgekd.exporters.mcu_project import check_operators, write_mcu_project
 from edgekd.exporters.runtimes import MicroRunner
@@ -68,18 +68,10 @@ def measure(
     target = fw.TARGETS[target_name]
     toolchain = fw.find_toolchain()
     tree = fw.resolve_tflm_tree(tree_spec)
-    check_operators(tflite_path, tree)
-    micro = MicroRunner(tflite_path)
-    if micro.input_dtype != np.int8 or micro.output_dtype != np.int8:
-        raise fw.DeviceSetupError(
-            f"{tflite_path.name} has {micro.input_dtype} input and {micro.output_dtype} output; the firmware runs "
-            "full-integer models (int8 in and out), as `edgekd export` writes student.int8.tflite"
-        )
+    micro = _runnable(tflite_path, tree, target)
     arena_x86 = micro.arena["total"]
-    fw.check_board_memory(tflite_path.stat().st_size, arena_x86, target)
     if project is None:
         project = project_for(tflite_path, micro, arena_x86, build_root / "mcu-project")
-
     if images is not None:
         inputs = np.stack([micro.prepare(image[None]) for image in images[:count]])
     else:
@@ -94,23 +86,34 @@ def measure(
         f"  {target.name}: {len(inputs)} inferences in QEMU ({run.seconds:.1f} s); "
         f"build {firmware.seconds:.1f} s{' (TFLM library built)' if firmware.library_built else ''}"
     )
+    record = _record(tflite_path, target, device, run, host, labels)
+    return record.model_copy(update={
+        "inputs": "test images" if images is not None else "random int8 inputs (seed 0)",
+        "arena_x86_bytes": arena_x86,
+        "toolchain": toolchain.description,
+        "tflm_tree": str(tree),
+        "project": str(project),
+        **_flash(firmware, toolchain),
+        "seconds": round(firmware.seconds + time.perf_counter() - started, 1),
+    })  # fmt: skip
+
+
+def _record(
+    tflite_path: Path, target: fw.Target, device: Device, run: fw.FirmwareRun, host: np.ndarray,
+    labels: np.ndarray | None,
+) -> DeviceRun:  # fmt: skip
+    """What the firmware run measured: instructions (per inference and per layer), arena, and its
+    outputs against the host's (`host`: TFLite Micro's int8 outputs for the same inputs)."""
     per_tick = run.instructions_per_tick
     instructions = np.array(run.ticks, dtype=np.float64) * per_tick
-    firmware_outputs = run.outputs.reshape(host.shape)
-    agreement = float((firmware_outputs.argmax(1) == host.argmax(1)).mean())
-    accuracy = float((firmware_outputs.argmax(1) == labels[: len(inputs)]).mean()) if labels is not None else None
-    sizes = fw.section_sizes(firmware.elf, toolchain)
-    flash_total = fw.flash_bytes(sizes)
-    parts = fw.flash_by_component(firmware.map)
-    parts["other (padding, merged strings)"] = flash_total - sum(parts.values())
+    outputs = run.outputs.reshape(host.shape)
     mean = float(instructions.mean())
     return DeviceRun(
         target=target.name,
         core=target.core,
         machine=target.machine,
         status="measured",
-        images=len(inputs),
-        inputs="test images" if images is not None else "random int8 inputs (seed 0)",
+        images=len(host),
         instructions_mean=mean,
         instructions_min=int(instructions.min()),
         instructions_max=int(instructions.max()),
@@ -119,21 +122,40 @@ def measure(
         profiled_instructions=int(run.profile_ticks * per_tick),
         layers=_layers(tflite_path, run, per_tick),
         arena_used_bytes=run.arena_used,
-        arena_x86_bytes=arena_x86,
-        flash_bytes=flash_total,
-        flash_parts=[FlashPart(name=k, bytes=v) for k, v in sorted(parts.items(), key=lambda kv: -kv[1])],
-        ram_static_bytes=sum(sizes.get(name, 0) for name in fw.RAM_SECTIONS),
         model_bytes=tflite_path.stat().st_size,
-        agreement_with_host=agreement,
-        bit_exact=bool(np.array_equal(firmware_outputs, host)),
-        max_output_difference=int(np.abs(firmware_outputs.astype(int) - host.astype(int)).max()),
-        accuracy=accuracy,
+        agreement_with_host=float((outputs.argmax(1) == host.argmax(1)).mean()),
+        bit_exact=bool(np.array_equal(outputs, host)),
+        max_output_difference=int(np.abs(outputs.astype(int) - host.astype(int)).max()),
+        accuracy=float((outputs.argmax(1) == labels[: len(host)]).mean()) if labels is not None else None,
         latency=latency_on_clock(mean, device),
-        toolchain=toolchain.description,
-        tflm_tree=str(tree),
-        project=str(project),
-        seconds=round(firmware.seconds + time.perf_counter() - started, 1),
     )
+
+
+def _flash(firmware: fw.Firmware, toolchain: fw.Toolchain) -> dict:
+    """The firmware image's flash (total and by component, largest first) and its static RAM."""
+    sizes = fw.section_sizes(firmware.elf, toolchain)
+    total = fw.flash_bytes(sizes)
+    parts = fw.flash_by_component(firmware.map)
+    parts["other (padding, merged strings)"] = total - sum(parts.values())
+    return {
+        "flash_bytes": total,
+        "flash_parts": [FlashPart(name=k, bytes=v) for k, v in sorted(parts.items(), key=lambda kv: -kv[1])],
+        "ram_static_bytes": sum(sizes.get(name, 0) for name in fw.RAM_SECTIONS),
+    }
+
+
+def _runnable(tflite_path: Path, tree: Path, target: fw.Target) -> MicroRunner:
+    """The model in host TFLite Micro, once it is known that the firmware can run it: every operator has
+    a kernel in the tree, it is int8 in and out, and it fits the board's memory."""
+    check_operators(tflite_path, tree)
+    micro = MicroRunner(tflite_path)
+    if micro.input_dtype != np.int8 or micro.output_dtype != np.int8:
+        raise fw.DeviceSetupError(
+            f"{tflite_path.name} has {micro.input_dtype} input and {micro.output_dtype} output; the firmware runs "
+            "full-integer models (int8 in and out), as `edgekd export` writes student.int8.tflite"
+        )
+    fw.check_board_memory(tflite_path.stat().st_size, micro.arena["total"], target)
+    return micro
 
 
 def _layers(tflite_path: Path, run: fw.FirmwareRun, per_tick: float) -> list[DeviceLayer]:

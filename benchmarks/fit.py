@@ -10,7 +10,9 @@ which checks that every estimate is at least what a real export needs).
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -19,6 +21,8 @@ from torch import nn
 
 from edgekd.benchmarks.memory import aligned, analyse
 from edgekd.benchmarks.profiles import Budget
+from edgekd.exporters import tflite
+from edgekd.exporters.runtimes import measure_arena
 from edgekd.models import count_macs, create_model
 
 WIDTHS = (0.35, 0.5, 0.75, 1.0)
@@ -187,12 +191,6 @@ class Measured(NamedTuple):
 
 def measure_export(width: float, resolution: int, in_chans: int, num_classes: int) -> Measured:
     """What the int8 export of `student_like_trained` needs."""
-    import tempfile
-    from pathlib import Path
-
-    from edgekd.exporters import tflite
-    from edgekd.exporters.runtimes import measure_arena
-
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.tflite"
         model = student_like_trained(width, num_classes, in_chans)

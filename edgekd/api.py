@@ -28,7 +28,7 @@ from edgekd.benchmarks.bench import BenchPlan
 from edgekd.benchmarks.bench import bench as run_bench
 from edgekd.benchmarks.fit import Candidate, search
 from edgekd.benchmarks.profiles import load_device, parse_budget
-from edgekd.benchmarks.report import Report
+from edgekd.benchmarks.report_schema import Report
 from edgekd.config import BenchConfig
 from edgekd.data import DataBundle, load_data
 from edgekd.errors import EdgeKDError

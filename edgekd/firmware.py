@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -272,8 +273,6 @@ def build_firmware(
     jobs: int | None = None,
     log: Callable[[str], None] = print,
 ) -> Firmware:
-    import time
-
     started = time.perf_counter()
     project = project.resolve()
     lib = library_dir(project, tree, target, toolchain)
@@ -374,8 +373,6 @@ def run_firmware(
     firmware: Firmware, inputs: np.ndarray, toolchain: Toolchain, *, timeout: float = 900.0
 ) -> FirmwareRun:
     """Boot the firmware once and feed it every input (int8, one image per row)."""
-    import time
-
     with tempfile.TemporaryDirectory() as scratch:
         np.ascontiguousarray(inputs, dtype=np.int8).tofile(Path(scratch) / INPUT_FILE)
         command = [

@@ -56,7 +56,7 @@ def atomic_save(obj: Any, path: Path) -> None:
         if isinstance(obj, str):
             Path(temporary).write_text(obj)
         else:
-            import torch  # deferred: the CLI reads run directories at start-up, before it needs torch
+            import torch  # noqa: PLC0415 - deferred: the CLI reads run directories at start-up, before it needs torch
 
             torch.save(obj, temporary)
         os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode

@@ -68,7 +68,7 @@ class MetricsLog:
                 self.rows = list(csv.DictReader(handle))
         self.board = None
         if tensorboard is not None:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 - optional package (log.tensorboard)
 
             self.board = SummaryWriter(str(tensorboard))
 

@@ -19,22 +19,9 @@ from edgekd.errors import DataError, EdgeKDError, ModelError
 from edgekd.exporters.formats import FORMATS, ExportJob, in_order
 from edgekd.models import create_model
 from edgekd.recipe import Recipe, parse_recipe
-from edgekd.registry import did_you_mean
 from edgekd.rundir import ArtefactExport, ExportReport, RunDir, StudentInfo, atomic_save
 
 SAMPLE_IMAGES = 100  # test images kept with the export for the benchmark (latency inputs, the device run)
-
-
-def parse_formats(text: str) -> list[str]:
-    formats = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown or not formats:
-        names = FORMATS.names()
-        hint = did_you_mean(unknown[0], names) if unknown else ""
-        raise EdgeKDError(
-            f"unknown export format {', '.join(unknown) or repr(text)}{hint}; choose from {', '.join(names)}"
-        )
-    return formats
 
 
 def load_run(run_dir: Path, recipe: Recipe | None = None) -> tuple[Recipe, torch.nn.Module, dict]:

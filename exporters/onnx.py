@@ -17,7 +17,7 @@ OPSET = 18  # the dynamo exporter's minimum; lower requests are silently raised 
 def export_fp32(model: nn.Module, sample: torch.Tensor, path: Path, log_path: Path | None = None) -> dict:
     """NCHW float input named `input` with a dynamic batch dimension, output `logits`; one file
     (external_data=False), opset checked."""
-    import onnx
+    import onnx  # noqa: PLC0415 - heavy, loaded when the format runs
 
     batch = torch.export.Dim("batch", min=1, max=4096)
     with captured_output(log_path):
@@ -58,9 +58,9 @@ class _Calibration:
 def quantize_int8(fp32_path: Path, calibration: np.ndarray, path: Path) -> dict:
     """Static QDQ: int8 activations and per-channel int8 weights (7 significant bits), calibrated on
     `calibration`. (quantize_dynamic is no option for convnets: it left an MNIST student at chance here.)"""
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    import onnx  # noqa: PLC0415 - heavy, loaded when the format runs
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static  # noqa: PLC0415 - heavy, loaded when the format runs
+    from onnxruntime.quantization.shape_inference import quant_pre_process  # noqa: PLC0415 - heavy, loaded when the format runs
 
     input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
     with tempfile.TemporaryDirectory() as scratch:
@@ -86,7 +86,7 @@ def quantize_int8(fp32_path: Path, calibration: np.ndarray, path: Path) -> dict:
 def float_compute_nodes(path: Path) -> list[str]:
     """Conv/Gemm/MatMul nodes whose activation or weight input is not dequantised int8: float compute
     left in a model that should be int8."""
-    import onnx
+    import onnx  # noqa: PLC0415 - heavy, loaded when the format runs
 
     graph = onnx.load(str(path)).graph
     producer = {output: node for node in graph.node for output in node.output}
@@ -104,7 +104,7 @@ def float_compute_nodes(path: Path) -> list[str]:
 
 def is_quantised(path: Path) -> bool:
     """Whether an .onnx holds int8 (QDQ) compute; raises ConversionError for a file that is not ONNX."""
-    import onnx
+    import onnx  # noqa: PLC0415 - heavy, loaded when the format runs
 
     try:
         graph = onnx.load(str(path)).graph

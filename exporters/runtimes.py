@@ -49,7 +49,7 @@ class OnnxRunner(Runner):
     batch_size = 64
 
     def __init__(self, path: Path, threads: int = 1):
-        import onnxruntime as ort
+        import onnxruntime as ort  # noqa: PLC0415 - heavy, loaded when the format runs
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -109,7 +109,7 @@ class LiteRTRunner(QuantisedRunner):
     TFLite-Micro bit for bit; the default XNNPACK kernels are the fast host path."""
 
     def __init__(self, path: Path, reference_kernels: bool = False, threads: int = 1):
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType  # noqa: PLC0415 - heavy, loaded when the format runs
 
         resolver = OpResolverType.BUILTIN_REF if reference_kernels else OpResolverType.AUTO
         self.name = "litert-reference" if reference_kernels else "litert-xnnpack"
@@ -139,7 +139,7 @@ class MicroRunner(QuantisedRunner):
     name = "tflite-micro"
 
     def __init__(self, path: Path, arena_size: int | None = None):
-        from tflite_micro.python.tflite_micro import runtime
+        from tflite_micro.python.tflite_micro import runtime  # noqa: PLC0415 - heavy, loaded when the format runs
 
         self.arena = measure_arena(path) if arena_size is None else None
         try:
@@ -169,7 +169,7 @@ _ARENA_LINE = re.compile(r"Arena allocation (total|head|tail) (\d+) bytes")
 def measure_arena(path: Path, upper_bound: int = 16 * 1024 * 1024) -> dict[str, int]:
     """The exact TFLite-Micro arena: allocate generously, then read what the allocator used.
     `print_allocations()` writes "Arena allocation total/head/tail N bytes" to C-level stdout/stderr."""
-    from tflite_micro.python.tflite_micro import runtime
+    from tflite_micro.python.tflite_micro import runtime  # noqa: PLC0415 - heavy, loaded when the format runs
 
     with captured_output() as output:
         try:

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 import tempfile
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import flatbuffers
 import numpy as np
 import torch
+from timm.layers import Conv2dSame
 from torch import nn
 
 from edgekd.errors import EdgeKDError
@@ -34,8 +37,6 @@ class ConversionError(EdgeKDError):
 @contextmanager
 def captured_output(log_path: Path | None = None) -> Iterator[dict]:
     """Send C-level and Python stdout/stderr to a file (the converter and TFLite-Micro print there)."""
-    import sys
-
     result: dict = {}
     sys.stdout.flush()
     sys.stderr.flush()
@@ -63,15 +64,11 @@ def captured_output(log_path: Path | None = None) -> Iterator[dict]:
 
 
 def _same_padding_convs(model: nn.Module) -> list[nn.Module]:
-    from timm.layers import Conv2dSame
-
     return [m for m in model.modules() if isinstance(m, Conv2dSame)]
 
 
 def can_fold_padding(model: nn.Module) -> bool:
     """True when every strided or spatial op pads SAME-style, so the rotation trick is exact."""
-    from timm.layers import Conv2dSame
-
     if not _same_padding_convs(model):
         return False
     for module in model.modules():
@@ -86,8 +83,6 @@ def can_fold_padding(model: nn.Module) -> bool:
 
 def rotated_symmetric_proxy(model: nn.Module) -> nn.Module:
     """Same weights, symmetric padding, k>1 kernels rotated 180°: proxy(rot(x)) == rot-equivariant model(x)."""
-    from timm.layers import Conv2dSame
-
     proxy = copy.deepcopy(model).eval()
     for parent in list(proxy.modules()):
         for name, child in list(parent.named_children()):
@@ -124,7 +119,7 @@ def convert(model: nn.Module, images: torch.Tensor, path: Path, *, int8: bool, l
     source = rotated_symmetric_proxy(model) if fold else copy.deepcopy(model)
     sample = (_to_device_layout(images[:1], rotate=fold),)
     with tempfile.TemporaryDirectory() as scratch, captured_output(log_path):
-        import litert_torch  # its import logs to C-level stderr: keep that in the log
+        import litert_torch  # noqa: PLC0415 - its import logs to C-level stderr: keep that in the log
 
         nhwc = litert_torch.to_channel_last_io(source, args=[0]).eval()
         raw = Path(scratch) / "raw.tflite"
@@ -149,10 +144,10 @@ def convert(model: nn.Module, images: torch.Tensor, path: Path, *, int8: bool, l
 
 
 def _convert_int8(nhwc: nn.Module, sample: tuple, calibration: torch.Tensor, rotate: bool):
-    import litert_torch
-    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
-    from litert_torch.quantize.quant_config import QuantConfig
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    import litert_torch  # noqa: PLC0415 - heavy (jax), loaded when the format runs
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config  # noqa: PLC0415 - heavy (jax), loaded when the format runs
+    from litert_torch.quantize.quant_config import QuantConfig  # noqa: PLC0415 - heavy (jax), loaded when the format runs
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e  # noqa: PLC0415 - heavy, loaded when the format runs
 
     quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     # strict=True: with the default non-strict export most residual ADDs stay float.
@@ -175,15 +170,13 @@ def _to_device_layout(images: torch.Tensor, rotate: bool) -> torch.Tensor:
 
 
 def _schema():
-    from ai_edge_litert import schema_py_generated
+    from ai_edge_litert import schema_py_generated  # noqa: PLC0415 - heavy, loaded when the format runs
 
     return schema_py_generated
 
 
 def fold_same_padding(data: bytes) -> tuple[bytes, int]:
     """Remove each PAD that feeds a conv (the conv becomes SAME) and rotate k>1 kernels back by 180°."""
-    import flatbuffers
-
     schema = _schema()
     model = schema.ModelT.InitFromPackedBuf(data, 0)
     graph = model.subgraphs[0]
@@ -221,8 +214,6 @@ def shorten_tensor_names(data: bytes) -> bytes:
     """litert-torch names each tensor by its full module path (~400 bytes each, 12% of a small model's
     flatbuffer), which would sit in MCU flash unread. Keep the last two path parts, which still say
     which layer a tensor belongs to."""
-    import flatbuffers
-
     model = _schema().ModelT.InitFromPackedBuf(data, 0)
     for graph in model.subgraphs:
         for index, tensor in enumerate(graph.tensors):

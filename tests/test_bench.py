@@ -13,8 +13,9 @@ from edgekd.benchmarks import latency
 from edgekd.benchmarks.bench import verdict
 from edgekd.benchmarks.memory import analyse
 from edgekd.benchmarks.profiles import DeviceError, bundled_devices, load_device, parse_budget, parse_size
-from edgekd.benchmarks.report import Artefact, McuLatency, PeakLayer, Report, Sram, Verdict, markdown
-from edgekd.benchmarks.report import Device as DeviceRecord
+from edgekd.benchmarks.report import markdown
+from edgekd.benchmarks.report_schema import Artefact, McuLatency, PeakLayer, Report, Sram, Verdict
+from edgekd.benchmarks.report_schema import Device as DeviceRecord
 from edgekd.checks import check, holds
 from edgekd.exporters.tflite import _schema
 

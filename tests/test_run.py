@@ -6,7 +6,7 @@ import os
 import jsonschema
 import pytest
 
-from edgekd.benchmarks.report import Report
+from edgekd.benchmarks.report_schema import Report
 
 
 @pytest.mark.slow

@@ -20,66 +20,24 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @register_dataset("imagefolder", needs_root=True)
-def _imagefolder(config: DataConfig, seed: int) -> DataBundle:
+def imagefolder(config: DataConfig, seed: int) -> DataBundle:
     """`root/<class>/*.png`, split by the seed; or `root/train`, `root/val` and `root/test` folders."""
     root = Path(config.root).expanduser()
     if not root.is_dir():
         raise DataError(f"imagefolder: data.root {root} is not a folder; point it at a folder of class subfolders")
-    if config.mean is not None and config.std is not None:
-        mean, std = tuple(config.mean), tuple(config.std)
-    elif config.channels == 3:
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
-    else:
-        mean, std = (0.5,), (0.25,)
-
-    def transform(train: bool) -> v2.Compose:
-        steps: list = [v2.ToImage()]
-        if config.channels == 1:
-            steps.append(v2.Grayscale(1))
-        steps += [v2.Resize((config.image_size,) * 2, antialias=True)]
-        if train:
-            steps += augmentations(config)
-        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
-        return v2.Compose(steps)
-
-    checked: dict[Path, ImageFolder] = {}
-
-    def folder(path: Path, train: bool) -> ImageFolder:
-        try:
-            images = ImageFolder(str(path), transform=transform(train), loader=_load_image)
-        except (FileNotFoundError, OSError) as exc:
-            raise DataError(f"imagefolder: {path}: {exc}; expected one subfolder per class holding images") from None
-        if path not in checked:
-            _check_images(images)
-            checked[path] = images
-        if len(images.classes) < 2:
-            raise DataError(
-                f"imagefolder: {path} has {len(images.classes)} class folder ({', '.join(images.classes)}); "
-                "a classifier needs at least 2"
-            )
-        return images
-
+    reader = _Reader(config)
     has_train = (root / "train").is_dir()
     source = root / "train" if has_train else root
-    train_full, eval_full = folder(source, True), folder(source, False)
-
-    def same_classes(split: ImageFolder, name: str) -> ImageFolder:
-        if split.classes != train_full.classes:
-            raise DataError(
-                f"imagefolder: {root / name} has classes {split.classes[:5]}…, the training folder "
-                f"{train_full.classes[:5]}…; every split needs the same class folders"
-            )
-        return split
-
+    train_full, eval_full = reader.folder(source, train=True), reader.folder(source, train=False)
     labels = np.array(train_full.targets)
     indices = np.arange(len(labels))
     if has_train and (root / "test").is_dir():
-        test: Dataset = same_classes(folder(root / "test", False), "test")
+        test: Dataset = reader.split(root / "test", train_full)
     else:
         indices, test_idx = stratified(indices, labels, config.splits.test, seed)
         test = Subset(eval_full, test_idx)
     if has_train and (root / "val").is_dir():
-        train_idx, val = indices, same_classes(folder(root / "val", False), "val")
+        train_idx, val = indices, reader.split(root / "val", train_full)
     else:
         train_idx, val_idx = stratified(indices, labels[indices], config.splits.val, seed)
         val = Subset(eval_full, val_idx)
@@ -92,9 +50,59 @@ def _imagefolder(config: DataConfig, seed: int) -> DataBundle:
         class_names=list(train_full.classes),
         in_chans=config.channels,
         image_size=config.image_size,
-        mean=mean,
-        std=std,
+        mean=reader.mean,
+        std=reader.std,
     )
+
+
+class _Reader:
+    """Class folders as torchvision ImageFolders with the recipe's transforms, each folder's files
+    checked once."""
+
+    def __init__(self, config: DataConfig):
+        self.config = config
+        if config.mean is not None and config.std is not None:
+            self.mean, self.std = tuple(config.mean), tuple(config.std)
+        elif config.channels == 3:
+            self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
+        else:
+            self.mean, self.std = (0.5,), (0.25,)
+        self.checked: set[Path] = set()
+
+    def transform(self, train: bool) -> v2.Compose:
+        steps: list = [v2.ToImage()]
+        if self.config.channels == 1:
+            steps.append(v2.Grayscale(1))
+        steps += [v2.Resize((self.config.image_size,) * 2, antialias=True)]
+        if train:
+            steps += augmentations(self.config)
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)]
+        return v2.Compose(steps)
+
+    def folder(self, path: Path, train: bool) -> ImageFolder:
+        try:
+            images = ImageFolder(str(path), transform=self.transform(train), loader=_load_image)
+        except (FileNotFoundError, OSError) as exc:
+            raise DataError(f"imagefolder: {path}: {exc}; expected one subfolder per class holding images") from None
+        if path not in self.checked:
+            _check_images(images)
+            self.checked.add(path)
+        if len(images.classes) < 2:
+            raise DataError(
+                f"imagefolder: {path} has {len(images.classes)} class folder ({', '.join(images.classes)}); "
+                "a classifier needs at least 2"
+            )
+        return images
+
+    def split(self, path: Path, training: ImageFolder) -> ImageFolder:
+        """A val/ or test/ folder, which must hold the training folder's classes."""
+        split = self.folder(path, train=False)
+        if split.classes != training.classes:
+            raise DataError(
+                f"imagefolder: {path} has classes {split.classes[:5]}…, the training folder "
+                f"{training.classes[:5]}…; every split needs the same class folders"
+            )
+        return split
 
 
 def _check_images(images) -> None:

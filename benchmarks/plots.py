@@ -1,0 +1,127 @@
+"""The report's plots (PNG beside report.md), drawn from report.json's content with matplotlib."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display: before pyplot is imported
+
+import matplotlib.pyplot as plt  # noqa: E402
+
+from edgekd.benchmarks.report_schema import Artefact, Report
+
+
+def plot_training(metrics_csv: Path, out: Path) -> Path | None:
+    if not metrics_csv.is_file():
+        return None
+    with metrics_csv.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    fig, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for stage in dict.fromkeys(row["stage"] for row in rows):
+        stage_rows = [r for r in rows if r["stage"] == stage]
+        epochs = [int(r["epoch"]) for r in stage_rows]
+        loss_axis.plot(epochs, [float(r["train_loss"]) for r in stage_rows], label=stage)
+        accuracy_axis.plot(epochs, [100 * float(r["val_accuracy"]) for r in stage_rows], marker="o", ms=3, label=stage)
+    loss_axis.set(title="training loss", xlabel="epoch", yscale="log")
+    accuracy_axis.set(title="validation accuracy", xlabel="epoch", ylabel="%")
+    accuracy_axis.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_tradeoffs(report: Report, out: Path) -> Path | None:
+    points = [a for a in report.artefacts if a.sram or a.mcu_latency]
+    if not points:
+        return None
+    fig, (sram_axis, latency_axis) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for a in points:
+        accuracy = 100 * max(a.accuracy.values()) if a.accuracy else None
+        if accuracy is None:
+            continue
+        if a.sram:
+            sram = a.sram.arena_total_bytes or a.sram.static_peak_bytes
+            sram_axis.scatter(sram / 1024, accuracy, s=40, label=a.format)
+        for m in a.mcu_latency:
+            latency_axis.errorbar(
+                m.ms,
+                accuracy,
+                xerr=[[m.ms - m.low_ms], [m.high_ms - m.ms]],
+                fmt="o",
+                capsize=3,
+                label=f"{a.format} · {m.runtime}",
+            )
+    sram_axis.axvline(report.device.sram_bytes / 1024, color="red", ls="--", label="SRAM budget")
+    sram_axis.set(title="accuracy vs SRAM (arena, or static peak)", xlabel="KiB", ylabel="test accuracy %")
+    if report.device.latency_ms:
+        latency_axis.axvline(report.device.latency_ms, color="red", ls="--", label="latency budget")
+    latency_axis.set(title=f"accuracy vs MCU latency ({report.device.name}, estimate)", xlabel="ms")
+    for axis in (sram_axis, latency_axis):
+        axis.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_memory(artefact: Artefact, sram_budget: int, out: Path) -> Path | None:
+    if artefact.sram is None:
+        return None
+    live = [b / 1024 for b in artefact.sram.layer_live_bytes]
+    peak = artefact.sram.peak_layer
+    fig, axis = plt.subplots(figsize=(10, 3.6))
+    colours = ["tab:red" if i == peak.index else "tab:blue" for i in range(len(live))]
+    axis.bar(range(len(live)), live, color=colours)
+    axis.axhline(sram_budget / 1024, color="red", ls="--", label="SRAM budget")
+    if artefact.sram.arena_tail_bytes is not None:
+        axis.axhline(
+            (sram_budget - artefact.sram.arena_tail_bytes) / 1024,
+            color="orange",
+            ls=":",
+            label="budget left for activations (after the arena tail)",
+        )
+    axis.annotate(
+        f"peak: #{peak.index} {peak.op}\n{'×'.join(map(str, peak.output_shape))}, {live[peak.index]:.1f} KiB",
+        (peak.index, live[peak.index]),
+        textcoords="offset points",
+        xytext=(10, -5),
+        fontsize=8,
+    )
+    axis.set(title=f"live activations per layer ({artefact.format})", xlabel="layer (op order)", ylabel="KiB")
+    axis.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_device_layers(artefact: Artefact, out: Path) -> Path | None:
+    run = artefact.device
+    if run is None or run.status != "measured" or not run.layers:
+        return None
+    ops = list(dict.fromkeys(layer.op for layer in run.layers))
+    colours = {op: plt.get_cmap("tab10")(i % 10) for i, op in enumerate(ops)}
+    fig, axis = plt.subplots(figsize=(10, 3.6))
+    for op in ops:
+        layers = [layer for layer in run.layers if layer.op == op]
+        axis.bar(
+            [layer.index for layer in layers],
+            [layer.instructions / 1e3 for layer in layers],
+            color=colours[op],
+            label=op,
+        )
+    axis.set(
+        title=f"instructions per layer on the {run.core} "
+        f"(QEMU, one inference: {run.profiled_instructions / 1e6:,.2f} M)",
+        xlabel="layer (op order)",
+        ylabel="thousand instructions",
+    )
+    axis.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
