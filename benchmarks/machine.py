@@ -9,11 +9,13 @@ from pathlib import Path
 
 import torch
 
+from edgekd.runtime import cpu_name
+
 
 def machine_line() -> str:
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else ["?"]
     return (
-        f"{platform.machine()}, {torch.get_num_threads()} threads, Python {platform.python_version()}, "
+        f"{platform.machine()} ({cpu_name()}), {torch.get_num_threads()} threads, Python {platform.python_version()}, "
         f"torch {torch.__version__}, load average {' '.join(load)}, "
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, commit {_commit()}"
     )

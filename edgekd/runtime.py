@@ -168,11 +168,12 @@ def _machine_key(modules: list[tuple[nn.Module, bool]], images: torch.Tensor, ru
         f"{type(m).__name__}/{sum(p.numel() for p in m.parameters())}/{'train' if trains else 'eval'}"
         for m, trains in modules
     )
-    return (f"{_cpu_name()}|torch {torch.__version__}|{torch.get_num_threads()} threads|{runtime.device.type}|"
+    return (f"{cpu_name()}|torch {torch.__version__}|{torch.get_num_threads()} threads|{runtime.device.type}|"
             f"amp {runtime.amp}|{models}|{tuple(images.shape)}")  # fmt: skip
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The processor's model name (what decides which kernels are fast here)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

@@ -29,6 +29,7 @@ from pathlib import Path
 from results import write_section
 
 from edgekd.rundir import RunDir
+from edgekd.runtime import cpu_name
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -65,9 +66,11 @@ def torchdistill(peer: Path, teacher: Path, seed: int) -> dict:
 
 
 def edgekd(teacher: Path, scratch: Path, cache: str, seed: int) -> dict:
+    """One edgekd run of the task; its student stage's memory format is the one `channels_last: auto`
+    chose (the run's log says which, and why)."""
     run_dir = scratch / f"edgekd-{time.monotonic_ns()}"
     report = scratch / "time.txt"
-    subprocess.run(
+    result = subprocess.run(
         ["/usr/bin/time", "-v", "-o", str(report), sys.executable, "-m", "edgekd", "distill",
          str(HERE / "peer_torchdistill.yaml"), "--out", str(run_dir),
          "--set", f"teacher.checkpoint={teacher}", "--set", f"distill.cache_teacher={cache}", "--set", f"seed={seed}"],
@@ -82,7 +85,9 @@ def edgekd(teacher: Path, scratch: Path, cache: str, seed: int) -> dict:
     summary = run.read_summary()
     training = sum(float(r["epoch_seconds"]) for r in rows) + summary.student.teacher_cache_seconds
     wall, rss = gnu_time(report)
+    chosen = re.search(r"student: memory format (\w+)", result.stderr)
     return {
+        "memory_format": chosen.group(1) if chosen else "as the recipe says",
         "images_per_s": TRAIN_IMAGES / training,
         "median_epoch": statistics.median(float(r["images_per_second"]) for r in rows),
         "accuracy": summary.student.accuracy,
@@ -155,9 +160,12 @@ def main() -> None:
         + "\n".join(lines)
         + "\n\nTraining images/s per run (in the order they ran):\n\n"
         + "\n".join(per_run)
+        + "\n\nedgekd's student stage trained in the memory format `channels_last: auto` chose on this CPU: "
+        + ", ".join(sorted({r["memory_format"] for name in runs if name != base for r in runs[name]}))
+        + "."
     )
     write_section(
-        "Side by side with torchdistill",
+        f"Side by side with torchdistill ({cpu_name()})",  # one section per CPU: which toolkit is faster varies
         f"python benchmarks/suite/peer_torchdistill.py --runs {args.runs}"
         + (" --without-cache" if args.without_cache else ""),
         body,
