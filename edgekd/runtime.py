@@ -111,15 +111,17 @@ def choose_memory_format(
     labels: torch.Tensor,
     runtime: Runtime,
     *,
-    rounds: int = 5,
+    rounds: int = 7,
+    steps: int = 3,
     cache: Path | None = None,
 ) -> MemoryFormatChoice:
     """Contiguous (NCHW) or channels_last (NHWC), whichever runs a training step of `modules` faster here.
     Which one wins depends on the CPU and its kernels (channels_last trained MobileNetV2 students 1.8×
     faster on one x86 machine and 1.5× slower on another), so it is measured, as cudnn.benchmark does:
     on copies of the modules (`(module, trains)`: forward and backward, or forward only for a frozen
-    teacher) and one batch, a warm-up step in each format, then `rounds` rounds alternating the two,
-    the median of each. The answer is kept in edgekd's cache, keyed by CPU, torch, threads, models and
+    teacher) and one batch, a warm-up round in each format, then `rounds` rounds of `steps` steps
+    alternating the two, the median round of each (a shared machine's step times vary by a third from
+    one step to the next). The answer is kept in edgekd's cache, keyed by CPU, torch, threads, models and
     batch shape, so a run on the same machine makes the same choice (and trains the same weights)."""
     cache = cache if cache is not None else cache_dir() / "memory_format.json"
     key = _machine_key(modules, images, runtime)
@@ -131,7 +133,8 @@ def choose_memory_format(
     times: dict[bool, list[float]] = {False: [], True: []}
     for round_ in range(rounds + 1):
         for fmt in (False, True) if round_ % 2 else (True, False):
-            seconds = _step_seconds(copies[fmt], images, labels, replace(runtime, channels_last=fmt))
+            placed = replace(runtime, channels_last=fmt)
+            seconds = sum(_step_seconds(copies[fmt], images, labels, placed) for _ in range(steps)) / steps
             if round_:  # round 0 warms up
                 times[fmt].append(seconds)
     medians = {fmt: 1000 * statistics.median(values) for fmt, values in times.items()}
