@@ -27,7 +27,7 @@ from edgekd import firmware as fw
 from edgekd.benchmarks.compute import layer_macs
 from edgekd.benchmarks.profiles import Device
 from edgekd.benchmarks.report_schema import DeviceLayer, DeviceRun, FlashPart, McuLatency
-from edgekd.exporters.c_array import ModelInterface
+from edgekd.exporters.c_array import ModelInterface, input_hwc
 from edgekd.exporters.mcu_project import check_operators, write_mcu_project
 from edgekd.exporters.runtimes import MicroRunner
 from edgekd.exporters.tflite import read_graph
@@ -36,7 +36,7 @@ from edgekd.exporters.tflite import read_graph
 def project_for(tflite_path: Path, micro: MicroRunner, arena_bytes: int, folder: Path) -> Path:
     """A project for a lone .tflite (a run directory's export already holds one): no normalisation or
     class names are known, so the header says identity and class_<i>."""
-    channels = micro.input_shape[-1]
+    channels = input_hwc(micro.input_shape)[2]
     classes = int(np.prod(micro.interpreter.get_output_details(0)["shape"]))
     interface = ModelInterface.of(
         micro,

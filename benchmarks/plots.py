@@ -61,7 +61,8 @@ def plot_tradeoffs(report: Report, out: Path) -> Path | None:
         latency_axis.axvline(report.device.latency_ms, color="red", ls="--", label="latency budget")
     latency_axis.set(title=f"accuracy vs MCU latency ({report.device.name}, estimate)", xlabel="ms")
     for axis in (sram_axis, latency_axis):
-        axis.legend(fontsize=7)
+        if axis.get_legend_handles_labels()[0]:  # a lone artefact without a latency budget draws none
+            axis.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

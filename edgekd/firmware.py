@@ -408,6 +408,7 @@ def parse_output(text: str, expected: int) -> FirmwareRun:
     values: dict[str, list[str]] = {}
     results: list[tuple[int, int, list[int]]] = []
     op_ticks: list[tuple[int, str, int]] = []
+    said: list[str] = []  # what TFLM printed (MicroPrintf), which names the cause of a failure
     for line in text.splitlines():
         line = line.strip()
         csv = re.fullmatch(r"(\d+),(\w+),(-?\d+)", line)  # TFLM MicroProfiler::LogCsv(): event,tag,ticks
@@ -415,10 +416,12 @@ def parse_output(text: str, expected: int) -> FirmwareRun:
             op_ticks.append((int(csv.group(1)), csv.group(2), int(csv.group(3))))
             continue
         if not line.startswith("EDGEKD "):
+            said += [line] if line else []
             continue
         kind, *rest = line.split()[1:]
         if kind == "error":
-            raise CheckFailed(f"the firmware failed in QEMU: {' '.join(rest)}")
+            cause = f"; TFLite Micro said: {' / '.join(said[-3:])}" if said else ""
+            raise CheckFailed(f"the firmware failed in QEMU: {' '.join(rest)}{cause}")
         if kind == "result":
             results.append((int(rest[0]), int(rest[1]), [int(v) for v in rest[2:]]))
         else:

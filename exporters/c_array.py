@@ -37,6 +37,17 @@ class ModelInterface:
         )
 
 
+def input_hwc(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """(height, width, channels) of a model input as the firmware lays it out: an NHWC image as it is,
+    any other input (a feature vector, a spectrogram without a channel axis) as 1 × 1 × its elements."""
+    if len(shape) == 4:
+        return int(shape[1]), int(shape[2]), int(shape[3])
+    elements = 1
+    for dimension in shape[1:]:
+        elements *= int(dimension)
+    return 1, 1, elements
+
+
 def _c_string(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -48,7 +59,7 @@ def write_c_array(tflite_path: Path, out_dir: Path, interface: ModelInterface) -
     input_shape, input_quant, output_quant = interface.input_shape, interface.input_quant, interface.output_quant
     mean, std, class_names = interface.mean, interface.std, interface.class_names
     arena_bytes, description = interface.arena_bytes, interface.description
-    _, height, width, channels = input_shape
+    height, width, channels = input_hwc(input_shape)
     header = out_dir / "model_data.h"
     source = out_dir / "model_data.cc"
     floats = ", ".join

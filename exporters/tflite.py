@@ -180,7 +180,7 @@ def fold_same_padding(data: bytes) -> tuple[bytes, int]:
     schema = _schema()
     model = schema.ModelT.InitFromPackedBuf(data, 0)
     graph = model.subgraphs[0]
-    op_code = [model.operatorCodes[op.opcodeIndex].builtinCode for op in graph.operators]
+    op_code = [builtin_code(model, op) for op in graph.operators]
     consumers: dict[int, list[int]] = defaultdict(list)
     for index, op in enumerate(graph.operators):
         for tensor in op.inputs:
@@ -269,8 +269,15 @@ def read_graph(path: Path):
     except Exception as exc:  # noqa: BLE001 - a corrupt flatbuffer fails anywhere inside the parser
         raise ConversionError(f"{path} is not a TFLite flatbuffer ({type(exc).__name__})") from None
     names = {value: name for name, value in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
-    op_names = [names.get(model.operatorCodes[op.opcodeIndex].builtinCode, "CUSTOM") for op in graph.operators]
+    op_names = [names.get(builtin_code(model, op), "CUSTOM") for op in graph.operators]
     return model, graph, op_names
+
+
+def builtin_code(model, op) -> int:
+    """An operator's builtin code. Files from older converters leave `builtin_code` at 0 (ADD) and keep the
+    code in `deprecated_builtin_code` (one byte, codes below 128); TFLite's own rule is the larger of the two."""
+    code = model.operatorCodes[op.opcodeIndex]
+    return max(code.builtinCode, code.deprecatedBuiltinCode)
 
 
 def has_int8_input(path: Path) -> bool:

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,6 +101,11 @@ def test_parse_output_reads_results_and_the_profile():
     ("text", "message"),
     [
         ("EDGEKD error setup: AllocateTensors failed\n", "AllocateTensors failed"),
+        (  # TFLM's own words name the cause: quoted, not guessed
+            "EDGEKD platform qemu-mps2 ticks_per_second 25000000\nDidn't find op for builtin opcode 'ADD'\n"
+            "Failed to get registration from op code ADD\nEDGEKD error setup: AllocateTensors failed\n",
+            r"AllocateTensors failed; TFLite Micro said: Didn't find op for builtin opcode 'ADD' / Failed to get",
+        ),
         ("EDGEKD platform qemu-mps2 ticks_per_second 25000000\n", "stopped early"),
     ],
 )
@@ -320,3 +326,39 @@ def test_measure_reports_the_device_figures(small_model, device_setup, tmp_path)
     parts = {part.name: part.bytes for part in run.flash_parts}
     assert parts["model"] >= small_model.stat().st_size and parts["TensorFlow Lite Micro"] > 10_000
     assert run.latency is not None and run.latency.low_ms < run.latency.high_ms
+
+
+MLPERF_TINY = Path(__file__).resolve().parents[2] / "shared" / "models" / "mlperf-tiny"
+
+
+@pytest.mark.skipif(not MLPERF_TINY.is_dir(), reason="the MLPerf Tiny reference models are not beside the checkout")
+def test_files_of_an_older_converter_name_their_operators():
+    """Older converters leave builtin_code at 0 (ADD) and keep the code in deprecated_builtin_code."""
+    from edgekd.exporters.tflite import op_counts
+
+    assert op_counts(MLPERF_TINY / "kws_ref_model.tflite") == {
+        "AVERAGE_POOL_2D": 1, "CONV_2D": 5, "DEPTHWISE_CONV_2D": 4, "FULLY_CONNECTED": 1, "RESHAPE": 1, "SOFTMAX": 1,
+    }  # fmt: skip
+    assert op_counts(MLPERF_TINY / "ad01_int8.tflite") == {"FULLY_CONNECTED": 10}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not MLPERF_TINY.is_dir(), reason="the MLPerf Tiny reference models are not beside the checkout")
+def test_a_lone_file_that_is_not_an_image_runs_on_the_device(tmp_path, device_setup):
+    """MLPerf Tiny's anomaly detector takes a 1×640 vector, and TFLM's planner needs more arena than its
+    allocations print: random inputs of its own shape, the arena that really allocates, bit-exact output."""
+    import shutil
+
+    from edgekd.benchmarks.bench import BenchPlan, bench
+    from edgekd.config import BenchConfig
+    from edgekd.exporters.runtimes import measure_arena
+
+    model = tmp_path / "ad01_int8.tflite"
+    shutil.copy(MLPERF_TINY / "ad01_int8.tflite", model)
+    arena = measure_arena(model)
+    assert arena["total"] == arena["head"] + arena["tail"] and arena["total"] > 3984  # 3,984 printed
+    plan = BenchPlan.of(BenchConfig(target="qemu-m4", latency_seconds=0.01, device_images=5), str(device_setup[1]))
+    report = bench(model, plan)
+    run = report.artefacts[0].device
+    assert run.status == "measured" and run.bit_exact and run.images == 5
+    assert [layer.op for layer in run.layers] == ["FULLY_CONNECTED"] * 10

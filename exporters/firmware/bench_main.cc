@@ -71,7 +71,8 @@ int main(void) {
   platform_init();
   printf("EDGEKD platform %s ticks_per_second %lu\n", platform_name(),
          static_cast<unsigned long>(platform_ticks_per_second()));
-  if (edgekd::Setup() != kTfLiteOk) return fail("setup: AllocateTensors failed (arena too small?)");
+  // TFLM says why (a missing operator, the arena) through MicroPrintf, just before; the host quotes it.
+  if (edgekd::Setup() != kTfLiteOk) return fail("setup: AllocateTensors failed");
   TfLiteTensor* input = edgekd::Input();
   TfLiteTensor* output = edgekd::Output();
   if (input->type != kTfLiteInt8 || output->type != kTfLiteInt8) return fail("model input/output is not int8");
