@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # files only, no display: before pyplot is imported
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from edgekd.benchmarks.report_schema import Artefact, Report
+from edgekd.benchmarks.report_schema import Artefact, McuLatency, Report
 
 
 def plot_training(metrics_csv: Path, out: Path) -> Path | None:
@@ -35,31 +35,25 @@ def plot_training(metrics_csv: Path, out: Path) -> Path | None:
 
 
 def plot_tradeoffs(report: Report, out: Path) -> Path | None:
-    points = [a for a in report.artefacts if a.sram or a.mcu_latency]
-    if not points:
+    points = [a for a in report.artefacts if (a.sram or a.mcu_latency) and a.accuracy]
+    if not points:  # a lone artefact has no test split: no accuracy to plot against
         return None
     fig, (sram_axis, latency_axis) = plt.subplots(1, 2, figsize=(10, 3.8))
     for a in points:
         accuracy = 100 * max(a.accuracy.values()) if a.accuracy else None
         if accuracy is None:
             continue
-        if a.sram:
-            sram = a.sram.arena_total_bytes or a.sram.static_peak_bytes
-            sram_axis.scatter(sram / 1024, accuracy, s=40, label=a.format)
-        for m in a.mcu_latency:
-            latency_axis.errorbar(
-                m.ms,
-                accuracy,
-                xerr=[[m.ms - m.low_ms], [m.high_ms - m.ms]],
-                fmt="o",
-                capsize=3,
-                label=f"{a.format} · {m.runtime}",
-            )
+        sram, sram_label, latencies = _device_figures(a)
+        if sram is not None:
+            sram_axis.scatter(sram / 1024, accuracy, s=40, label=sram_label)
+        for m, label in latencies:
+            latency_axis.errorbar(m.ms, accuracy, xerr=[[m.ms - m.low_ms], [m.high_ms - m.ms]], fmt="o", capsize=3,
+                                  label=label)  # fmt: skip
     sram_axis.axvline(report.device.sram_bytes / 1024, color="red", ls="--", label="SRAM budget")
-    sram_axis.set(title="accuracy vs SRAM (arena, or static peak)", xlabel="KiB", ylabel="test accuracy %")
+    sram_axis.set(title="accuracy vs SRAM", xlabel="KiB", ylabel="test accuracy %")
     if report.device.latency_ms:
         latency_axis.axvline(report.device.latency_ms, color="red", ls="--", label="latency budget")
-    latency_axis.set(title=f"accuracy vs MCU latency ({report.device.name}, estimate)", xlabel="ms")
+    latency_axis.set(title=f"accuracy vs MCU latency ({report.device.name})", xlabel="ms")
     for axis in (sram_axis, latency_axis):
         if axis.get_legend_handles_labels()[0]:  # a lone artefact without a latency budget draws none
             axis.legend(fontsize=7)
@@ -67,6 +61,18 @@ def plot_tradeoffs(report: Report, out: Path) -> Path | None:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def _device_figures(a: Artefact) -> tuple[int | None, str, list[tuple[McuLatency, str]]]:
+    """(SRAM bytes, its label, latencies with labels) to plot: what the device run measured where it ran,
+    else the graph's estimates."""
+    run = a.device if a.device is not None and a.device.status == "measured" else None
+    if run is not None:
+        latencies = [(run.latency, f"{a.format} · measured on {run.target}")] if run.latency else []
+        return run.arena_used_bytes, f"{a.format} · arena on {run.target}", latencies
+    sram = (a.sram.arena_total_bytes or a.sram.static_peak_bytes) if a.sram else None
+    label = f"{a.format} · {'arena, x86-64' if a.sram and a.sram.arena_total_bytes else 'static peak'}"
+    return sram, label, [(m, f"{a.format} · {m.runtime} estimate") for m in a.mcu_latency]
 
 
 def plot_memory(artefact: Artefact, sram_budget: int, out: Path) -> Path | None:
