@@ -205,6 +205,10 @@ class _Stage:
     ):  # fmt: skip
         self.stage, self.config, self.data, self.options, self.world = stage, config, data, options, options.world
         self.per_rank_batch = max(options.batch_size // self.world.size, 1)
+        # The stage's checkpoint, when resuming: read once, for the memory format and for resume().
+        self.saved = None
+        if options.resume and options.checkpoint.is_file():
+            self.saved = torch.load(options.checkpoint, map_location=runtime.device, weights_only=True)
         self.runtime = self._memory_format(method, runtime)
         self.method = self.runtime.place(method)
         self.modules = method.trainable_modules()
@@ -229,10 +233,8 @@ class _Stage:
         recorded (a resumed stage keeps its format), or measured (`channels_last: auto`)."""
         if runtime.channels_last is not None:
             return runtime
-        if self.options.resume and self.options.checkpoint.is_file():
-            saved = torch.load(self.options.checkpoint, map_location="cpu", weights_only=True).get("channels_last")
-            if saved is not None:
-                return replace(runtime, channels_last=saved)
+        if self.saved is not None and self.saved.get("channels_last") is not None:
+            return replace(runtime, channels_last=self.saved["channels_last"])
         images, labels, _ = next(iter(self._train_batches(epoch=1)))
         timed = [(method.student, True)]
         teacher = getattr(method, "teacher", None)  # a teacher that runs every step costs time too
@@ -256,8 +258,8 @@ class _Stage:
     def resume(self) -> int:
         """Load the stage's checkpoint when resuming; the first epoch still to train."""
         first_epoch = 1
-        if self.options.resume and self.options.checkpoint.is_file():
-            state = torch.load(self.options.checkpoint, map_location=self.runtime.device, weights_only=True)
+        state = self.saved
+        if state is not None:
             for name, module in self.modules.items():
                 module.load_state_dict(state["modules"][name])
             self.optimizer.load_state_dict(state["optimizer"])
