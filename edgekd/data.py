@@ -9,7 +9,7 @@ from disk. Either way a sample is (normalised float tensor C×H×W, int label).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ class DataBundle:
     image_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    notes: list[str] = field(default_factory=list)  # what loading left out, for the log
 
 
 class TensorImages(Dataset):

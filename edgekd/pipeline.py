@@ -149,6 +149,8 @@ def distill(
             f"{data.num_classes} classes, {len(data.train)} train / {len(data.val)} val / {len(data.test)} test "
             f"images, on {runtime.device.type}" + (f", {world.size} processes" if world.distributed else "")
         )
+        for note in data.notes:
+            console.print(f"[dim]data: {note}[/dim]")
         teacher, results = train_teachers(session)
         if recipe.baseline.enabled:
             results["baseline"] = train_baseline(session)

@@ -183,3 +183,30 @@ def test_cifar_missing_files_named(tmp_path):
         load_data(config(dataset="cifar10", root=tmp_path), seed=0)
     with pytest.raises(DataError, match="cifar-100-python"):
         load_data(config(dataset="cifar100", root=tmp_path), seed=0)
+
+
+def test_imagefolder_skips_hidden_and_os_files_and_counts_them(tmp_path):
+    """What a Mac, Windows or Jupyter leaves in a folder of photos is neither a class nor an image."""
+    write_images(tmp_path, per_class=5)
+    (tmp_path / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (tmp_path / "cat" / "._img 0001.jpg").write_bytes(b"\0\5\26\7AppleDouble")  # not an image
+    (tmp_path / "dog" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")
+    (tmp_path / "cat" / "desktop.ini").write_text("[.ShellClassInfo]\n")
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    (tmp_path / "__MACOSX" / "cat").mkdir(parents=True)
+    (tmp_path / "__MACOSX" / "cat" / "._0.png").write_bytes(b"\0\5\26\7")
+    (tmp_path / "dog" / ".ipynb_checkpoints").mkdir()
+    Image.new("RGB", (20, 24)).save(tmp_path / "dog" / ".ipynb_checkpoints" / "0-checkpoint.png")
+    Image.new("RGB", (20, 24)).save(tmp_path / "dog" / "UPPER CASE (1).PNG")  # an image, whatever its name
+    data = load_data(config(dataset="imagefolder", root=tmp_path, image_size=16, splits={"val": 0.2}), seed=0)
+    assert data.class_names == ["cat", "dog"]
+    assert len(data.train) + len(data.val) + len(data.test) == 11
+    assert data.notes == [f"{tmp_path}: skipped 6 hidden or OS file(s) and folder(s)"]
+
+
+def test_a_class_folder_left_empty_by_the_junk_filter_is_named(tmp_path):
+    write_images(tmp_path, per_class=5)
+    (tmp_path / "bird").mkdir()
+    (tmp_path / "bird" / "._0.png").write_bytes(b"\0\5\26\7")
+    with pytest.raises(DataError, match="bird"):
+        load_data(config(dataset="imagefolder", root=tmp_path, image_size=16), seed=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Subset
 from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 from torchvision.transforms import v2
 
 from edgekd.config import DataConfig
@@ -17,6 +19,38 @@ from edgekd.errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# What operating systems and tools leave in a folder of photos: never an image, never a class. Hidden
+# names (starting with "."): macOS's .DS_Store and ._* AppleDouble files, .ipynb_checkpoints/, .git/.
+JUNK_FILES = {"thumbs.db", "desktop.ini"}
+JUNK_FOLDERS = {"__macosx"}
+
+
+def is_junk(name: str) -> bool:
+    """A file or folder name an image folder ignores (hidden, or left there by an OS or a tool)."""
+    return name.startswith(".") or name.lower() in JUNK_FILES | JUNK_FOLDERS
+
+
+class _ClassFolders(ImageFolder):
+    """torchvision's ImageFolder without the junk: hidden and OS folders are no classes, hidden and OS
+    files no images. `skipped` counts what was left out."""
+
+    def __init__(self, root: str, **options):
+        self.skipped = 0
+        super().__init__(root, is_valid_file=self._is_image, **options)
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        entries = sorted((entry for entry in os.scandir(directory) if entry.is_dir()), key=lambda entry: entry.name)
+        self.skipped += sum(is_junk(entry.name) for entry in entries)
+        classes = [entry.name for entry in entries if not is_junk(entry.name)]
+        if not classes:
+            raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
+        return classes, {name: index for index, name in enumerate(classes)}
+
+    def _is_image(self, path: str) -> bool:
+        if any(is_junk(part) for part in Path(path).relative_to(self.root).parts):  # or in a junk folder
+            self.skipped += 1
+            return False
+        return has_file_allowed_extension(path, IMG_EXTENSIONS)
 
 
 @register_dataset("imagefolder", needs_root=True)
@@ -52,6 +86,7 @@ def imagefolder(config: DataConfig, seed: int) -> DataBundle:
         image_size=config.image_size,
         mean=reader.mean,
         std=reader.std,
+        notes=reader.notes,
     )
 
 
@@ -68,6 +103,7 @@ class _Reader:
         else:
             self.mean, self.std = (0.5,), (0.25,)
         self.checked: set[Path] = set()
+        self.notes: list[str] = []  # what the log should say about the folders
 
     def transform(self, train: bool) -> v2.Compose:
         steps: list = [v2.ToImage()]
@@ -81,12 +117,14 @@ class _Reader:
 
     def folder(self, path: Path, train: bool) -> ImageFolder:
         try:
-            images = ImageFolder(str(path), transform=self.transform(train), loader=_load_image)
+            images = _ClassFolders(str(path), transform=self.transform(train), loader=_load_image)
         except (FileNotFoundError, OSError) as exc:
             raise DataError(f"imagefolder: {path}: {exc}; expected one subfolder per class holding images") from None
         if path not in self.checked:
             _check_images(images)
             self.checked.add(path)
+            if images.skipped:
+                self.notes.append(f"{path}: skipped {images.skipped} hidden or OS file(s) and folder(s)")
         if len(images.classes) < 2:
             raise DataError(
                 f"imagefolder: {path} has {len(images.classes)} class folder ({', '.join(images.classes)}); "
