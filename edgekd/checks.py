@@ -78,16 +78,17 @@ def failed(checks: list[Check]) -> list[Check]:
     return [c for c in checks if not c.passed]
 
 
+_SHOWN = {
+    "bytes": lambda value: f"{value / 1024:,.1f} KiB",
+    "ms": lambda value: f"{value:,.2f} ms",
+    "fraction": lambda value: f"{value:.2%}",
+    "count": lambda value: f"{value:,.0f}",
+    "number": lambda value: f"{value:,.0f}",
+}
+
+
 def format_value(unit: str, value: float | None) -> str:
     """A check's value or limit as the report and the console show it."""
     if value is None:
         return "–"
-    if unit == "bytes":
-        return f"{value / 1024:,.1f} KiB"
-    if unit == "ms":
-        return f"{value:,.2f} ms"
-    if unit == "fraction":
-        return f"{value:.2%}"
-    if unit in ("count", "number"):
-        return f"{value:,.0f}"
-    return f"{value:,g}"
+    return _SHOWN.get(unit, lambda number: f"{number:,g}")(value)

@@ -26,7 +26,7 @@ from edgekd.distributed import World
 from edgekd.methods import MethodContext, build_method
 from edgekd.models import create_model
 from edgekd.recipe import load_recipe
-from edgekd.runtime import Runtime, choose_memory_format
+from edgekd.runtime import Runtime, choose_memory_format, cpu_name
 from edgekd.train import _Running, build_optimizer, build_scheduler
 
 HERE = Path(__file__).resolve().parent
@@ -139,7 +139,7 @@ def main() -> None:
     print(body)
     given = f" --recipe {args.recipe}" if args.recipe else ""
     command = f"python benchmarks/suite/step_profile.py{given} --steps {args.steps} --rounds {args.rounds}"
-    write_section(f"one distillation step: {recipe.name}", command, body)
+    write_section(f"one distillation step: {recipe.name} ({cpu_name()})", command, body)  # one section per CPU
 
 
 if __name__ == "__main__":

@@ -100,7 +100,7 @@ class ContrastMemory(nn.Module):
 
 @register_method("crd", config=CRDConfig, recipe="mnist5k_crd")
 class CRD(FrozenTeacherMethod):
-    def __init__(  # noqa: PLR0913 - one keyword per key of the method's recipe section
+    def __init__(
         self,
         student: nn.Module,
         teacher: nn.Module,

@@ -63,7 +63,7 @@ class Connector(nn.Module):
 
 @register_method("hints", config=HintsConfig, recipe="mnist5k_hints")
 class Hints(FrozenTeacherMethod):
-    def __init__(  # noqa: PLR0913 - one keyword per key of the method's recipe section
+    def __init__(
         self,
         student: nn.Module,
         teacher: nn.Module,
