@@ -93,7 +93,7 @@ def recalibrate_batchnorm(model: nn.Module, loader: Iterable, runtime: Runtime) 
 @dataclass(frozen=True)
 class MemoryFormatChoice:
     channels_last: bool
-    contiguous_ms: float  # median seconds of a step, in milliseconds
+    contiguous_ms: float  # milliseconds per step, the median round
     channels_last_ms: float
     cached: bool  # measured by an earlier run on this machine
 
@@ -129,12 +129,15 @@ def choose_memory_format(
     if key in known:
         entry = known[key]
         return MemoryFormatChoice(entry["channels_last"], entry["contiguous_ms"], entry["channels_last_ms"], True)
-    copies = {fmt: [(copy.deepcopy(m), trains) for m, trains in modules] for fmt in (False, True)}
+    setups = {}  # per format: its runtime, copies of the modules placed in it, and the batch laid out in it
+    for fmt in (False, True):
+        placed = replace(runtime, channels_last=fmt)
+        copies = [(placed.place(copy.deepcopy(m)), trains) for m, trains in modules]
+        setups[fmt] = (placed, copies, *placed.batch(images, labels))
     times: dict[bool, list[float]] = {False: [], True: []}
     for round_ in range(rounds + 1):
         for fmt in (False, True) if round_ % 2 else (True, False):
-            placed = replace(runtime, channels_last=fmt)
-            seconds = sum(_step_seconds(copies[fmt], images, labels, placed) for _ in range(steps)) / steps
+            seconds = sum(_step_seconds(*setups[fmt]) for _ in range(steps)) / steps
             if round_:  # round 0 warms up
                 times[fmt].append(seconds)
     medians = {fmt: 1000 * statistics.median(values) for fmt, values in times.items()}
@@ -148,12 +151,10 @@ def choose_memory_format(
     return choice
 
 
-def _step_seconds(modules: list[tuple[nn.Module, bool]], images: torch.Tensor, labels: torch.Tensor,
-                  runtime: Runtime) -> float:  # fmt: skip
-    images, labels = runtime.batch(images, labels)
+def _step_seconds(runtime: Runtime, modules: list[tuple[nn.Module, bool]], images: torch.Tensor,
+                  labels: torch.Tensor) -> float:  # fmt: skip
     started = time.perf_counter()
     for module, trains in modules:
-        module = runtime.place(module)
         if trains:
             module.train()
             with runtime.autocast():

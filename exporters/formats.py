@@ -113,6 +113,7 @@ class ExportJob:
         settings = self.recipe.export
         threshold = settings.min_agreement_int8 if int8 else settings.min_agreement_fp32
         results, checks = {}, []
+        student_right = self.reference.argmax(1) == self.test_labels
         for runner in runners:
             result = results[runner.name] = self.compare(runner)
             right = result.pop("right")
@@ -120,7 +121,6 @@ class ExportJob:
             checks.append(check(f"agreement ({runner.name})", result["agreement"], threshold, "fraction", basis,
                                 bound="min"))  # fmt: skip
             if int8:
-                student_right = self.reference.argmax(1) == self.test_labels
                 context = f"PyTorch student {self.student_accuracy:.2%} → {result['accuracy']:.2%} in {runner.name}"
                 checks.append(
                     accuracy_drop(f"accuracy drop ({runner.name})", int((student_right & ~right).sum()),
