@@ -21,7 +21,7 @@ class LayerCompute:
     macs: int  # for "other" ops: output elements
 
 
-def layer_macs(path: Path) -> list[LayerCompute]:
+def layer_macs(path: Path | bytes) -> list[LayerCompute]:
     _, graph, op_names = read_graph(path)
     layers = []
     for index, (op, name) in enumerate(zip(graph.operators, op_names, strict=True)):

@@ -48,7 +48,8 @@ class MemoryProfile:
         return self.layers[self.peak_layer]
 
 
-def analyse(path: Path) -> MemoryProfile:
+def analyse(path: Path | bytes) -> MemoryProfile:
+    """The memory profile of a .tflite file (or its bytes)."""
     model, graph, op_names = read_graph(path)
 
     def constant(tensor_index: int) -> bool:
@@ -83,5 +84,5 @@ def analyse(path: Path) -> MemoryProfile:
         input_bytes=sum(size(int(t)) for t in graph.inputs),
         output_bytes=sum(size(int(t)) for t in graph.outputs),
         constant_bytes=constants,
-        file_bytes=Path(path).stat().st_size,
+        file_bytes=len(path) if isinstance(path, bytes) else Path(path).stat().st_size,
     )

@@ -395,5 +395,3 @@ def augmentations(config: DataConfig) -> list:
     if config.augmentation.horizontal_flip:
         steps.append(v2.RandomHorizontalFlip())
     return steps
-
-

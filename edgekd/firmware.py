@@ -59,6 +59,7 @@ def check_target(target: str) -> str:
         raise DeviceSetupError(f"unknown target '{target}'; choose from {', '.join(TARGET_CHOICES)}")
     return target
 
+
 # What to install when a program is missing (Debian/Ubuntu package names).
 PACKAGES = {
     "arm-none-eabi-gcc": "gcc-arm-none-eabi",

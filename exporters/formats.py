@@ -22,9 +22,10 @@ import torch
 from rich.console import Console
 
 from edgekd import firmware
+from edgekd.benchmarks.profiles import load_device, parse_budget
 from edgekd.checks import accuracy_drop, check, holds
 from edgekd.data import DataBundle
-from edgekd.exporters import c_array, mcu_project, onnx, tflite
+from edgekd.exporters import c_array, mcu_project, memory_rewrite, onnx, tflite
 from edgekd.exporters.runtimes import LiteRTRunner, MicroRunner, OnnxRunner, Runner
 from edgekd.recipe import Recipe
 from edgekd.registry import FORMATS
@@ -206,6 +207,10 @@ def tflite_fp32(job: ExportJob, path: Path) -> dict[str, Any]:
 def tflite_int8(job: ExportJob, path: Path) -> dict[str, Any]:
     """TFLite full-integer int8 (litert-torch + PT2E), checked in LiteRT's reference kernels and TFLite Micro."""
     info = tflite.convert(job.model, job.calibration, path, int8=True, log_path=job.log)
+    settings, bench = job.recipe.export, job.recipe.bench
+    sram_budget = parse_budget(bench.budget, load_device(bench.device)).sram_bytes
+    info["memory"] = memory_rewrite.rewrite_for_memory(path, settings.memory, settings.memory_groups, sram_budget)
+    job.console.print(f"  memory: {info['memory']['reason']}", highlight=False)
     info["ops"] = tflite.op_counts(path)
     micro = MicroRunner(path)
     info["arena"] = micro.arena
@@ -213,7 +218,17 @@ def tflite_int8(job: ExportJob, path: Path) -> dict[str, Any]:
     problems = tflite.int8_violations(path)
     basis = "; ".join(problems[:12]) or "int8 input, output and activations; no QUANTIZE, DEQUANTIZE, PAD or TRANSPOSE"
     entry["checks"].append(check("int8 end to end", len(problems), 0, "count", basis))
+    if info["memory"]["rewrite"] != "none":
+        entry["checks"].append(_same_as_unrewritten(job, path, micro, path.parent / info["memory"]["unrewritten"]))
     return entry
+
+
+def _same_as_unrewritten(job: ExportJob, path: Path, rewritten: MicroRunner, original: Path):
+    """A memory rewrite changes no output bit: both graphs in TFLite Micro on every test image."""
+    images = job.test_images.numpy()
+    differing = int((rewritten.predict(images) != MicroRunner(original).predict(images)).any(axis=1).sum())
+    basis = f"test images whose outputs differ from {original.name}'s in TFLite Micro, of {len(images)}"
+    return check("memory rewrite bit-identical", differing, 0, "count", basis)
 
 
 @register_format("c-array", file="model_data.cc", needs=("tflite-int8",))

@@ -169,15 +169,28 @@ def _to_device_layout(images: torch.Tensor, rotate: bool) -> torch.Tensor:
 # ---------------------------------------------------------------- flatbuffer rewrite
 
 
-def _schema():
+def flatbuffer_schema():
     from ai_edge_litert import schema_py_generated  # noqa: PLC0415 - heavy, loaded when the format runs
 
     return schema_py_generated
 
 
+def pack(model) -> bytes:
+    """A flatbuffers object-API model as .tflite bytes."""
+    builder = flatbuffers.Builder(1 << 16)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def constant_values(model, tensor) -> np.ndarray:
+    """A constant tensor's values, shaped."""
+    raw = bytes(np.asarray(model.buffers[tensor.buffer].data, dtype=np.uint8))
+    return np.frombuffer(raw, dtype=NUMPY_TYPE[tensor.type]).reshape(tensor.shape)
+
+
 def fold_same_padding(data: bytes) -> tuple[bytes, int]:
     """Remove each PAD that feeds a conv (the conv becomes SAME) and rotate k>1 kernels back by 180°."""
-    schema = _schema()
+    schema = flatbuffer_schema()
     model = schema.ModelT.InitFromPackedBuf(data, 0)
     graph = model.subgraphs[0]
     op_code = [builtin_code(model, op) for op in graph.operators]
@@ -204,41 +217,35 @@ def fold_same_padding(data: bytes) -> tuple[bytes, int]:
         if op_code[index] in convs:
             _rotate_kernel(model, graph.tensors[int(op.inputs[1])])
     graph.operators = [op for index, op in enumerate(graph.operators) if index not in removed]
-    _drop_unused_tensors(model)
-    builder = flatbuffers.Builder(len(data) + 1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output()), len(removed)
+    drop_unused_tensors(model)
+    return pack(model), len(removed)
 
 
 def shorten_tensor_names(data: bytes) -> bytes:
     """litert-torch names each tensor by its full module path (~400 bytes each, 12% of a small model's
     flatbuffer), which would sit in MCU flash unread. Keep the last two path parts, which still say
     which layer a tensor belongs to."""
-    model = _schema().ModelT.InitFromPackedBuf(data, 0)
+    model = flatbuffer_schema().ModelT.InitFromPackedBuf(data, 0)
     for graph in model.subgraphs:
         for index, tensor in enumerate(graph.tensors):
             full = (tensor.name or b"").decode(errors="replace").split(";")[0]
             parts = [part.rsplit(".", 1)[-1] for part in full.split("/") if part]
             tensor.name = ("/".join(parts[-2:]) or f"t{index}").encode()
-    builder = flatbuffers.Builder(len(data) + 1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    return pack(model)
 
 
-_NUMPY_TYPE = {0: np.float32, 9: np.int8, 2: np.int32, 3: np.uint8, 7: np.int16, 1: np.float16}
+NUMPY_TYPE = {0: np.float32, 9: np.int8, 2: np.int32, 3: np.uint8, 7: np.int16, 1: np.float16}
 
 
 def _rotate_kernel(model, weight) -> None:
     """Conv weights are OHWI, depthwise 1HWO: flip H and W."""
     if weight.shape[1] == 1 and weight.shape[2] == 1:
         return
-    buffer = model.buffers[weight.buffer]
-    values = np.frombuffer(bytes(np.asarray(buffer.data, dtype=np.uint8)), dtype=_NUMPY_TYPE[weight.type])
-    rotated = np.ascontiguousarray(values.reshape(weight.shape)[:, ::-1, ::-1, :])
-    buffer.data = rotated.view(np.uint8).reshape(-1)
+    rotated = np.ascontiguousarray(constant_values(model, weight)[:, ::-1, ::-1, :])
+    model.buffers[weight.buffer].data = rotated.view(np.uint8).reshape(-1)
 
 
-def _drop_unused_tensors(model) -> None:
+def drop_unused_tensors(model) -> None:
     """Remove tensors no op or signature uses any more, and renumber the rest."""
     graph = model.subgraphs[0]
     used = {int(t) for op in graph.operators for t in list(op.inputs) + list(op.outputs) if t >= 0}
@@ -260,17 +267,22 @@ def _drop_unused_tensors(model) -> None:
 # ---------------------------------------------------------------- inspection
 
 
-def read_graph(path: Path):
-    """(model, first subgraph, op names) of a .tflite file, through the flatbuffers object API."""
-    schema = _schema()
+def read_graph(path: Path | bytes):
+    """(model, first subgraph, op names) of a .tflite file (or its bytes), through the flatbuffers object API."""
+    schema = flatbuffer_schema()
+    data = path if isinstance(path, bytes) else Path(path).read_bytes()
     try:
-        model = schema.ModelT.InitFromPackedBuf(Path(path).read_bytes(), 0)
+        model = schema.ModelT.InitFromPackedBuf(data, 0)
         graph = model.subgraphs[0]
     except Exception as exc:  # noqa: BLE001 - a corrupt flatbuffer fails anywhere inside the parser
-        raise ConversionError(f"{path} is not a TFLite flatbuffer ({type(exc).__name__})") from None
+        raise ConversionError(f"{_named(path)} is not a TFLite flatbuffer ({type(exc).__name__})") from None
     names = {value: name for name, value in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
     op_names = [names.get(builtin_code(model, op), "CUSTOM") for op in graph.operators]
     return model, graph, op_names
+
+
+def _named(path: Path | bytes) -> str:
+    return "the model" if isinstance(path, bytes) else str(path)
 
 
 def builtin_code(model, op) -> int:
@@ -283,7 +295,7 @@ def builtin_code(model, op) -> int:
 def has_int8_input(path: Path) -> bool:
     """Whether a .tflite takes int8 input (a full-integer model); raises ConversionError if it is not one."""
     _, graph, _ = read_graph(path)
-    return graph.tensors[int(graph.inputs[0])].type == _schema().TensorType.INT8
+    return graph.tensors[int(graph.inputs[0])].type == flatbuffer_schema().TensorType.INT8
 
 
 def op_counts(path: Path) -> dict[str, int]:
@@ -297,7 +309,7 @@ def op_counts(path: Path) -> dict[str, int]:
 def int8_violations(path: Path) -> list[str]:
     """What keeps a graph from being int8 end to end: QUANTIZE/DEQUANTIZE ops, any non-int8 activation
     (a tensor an op produces, or the graph's input), and standalone PAD/TRANSPOSE ops (memory waste)."""
-    schema = _schema()
+    schema = flatbuffer_schema()
     model, graph, op_names = read_graph(path)
     type_names = {value: name for name, value in vars(schema.TensorType).items() if not name.startswith("_")}
     problems = []

@@ -97,3 +97,17 @@ def digits_run(tmp_path_factory):
         except SystemExit as exit_info:
             code = exit_info.code
     return SimpleNamespace(path=folder / "run", code=code, out=out.getvalue(), err=err.getvalue())
+
+
+@pytest.fixture(scope="session")
+def device_setup():
+    """(toolchain, TFLM tree), or a skip naming what is missing; a failure when EDGEKD_REQUIRE_DEVICE=1
+    (.ci/run sets it: CI must run the device tests, not skip them)."""
+    from edgekd import firmware
+
+    try:
+        return firmware.find_toolchain(), firmware.resolve_tflm_tree()
+    except firmware.DeviceSetupError as exc:
+        if os.environ.get("EDGEKD_REQUIRE_DEVICE") == "1":
+            pytest.fail(f"EDGEKD_REQUIRE_DEVICE=1 but {exc}")
+        pytest.skip(str(exc))

@@ -17,12 +17,12 @@ from edgekd.benchmarks.report import markdown
 from edgekd.benchmarks.report_schema import Artefact, McuLatency, PeakLayer, Report, Sram, Verdict
 from edgekd.benchmarks.report_schema import Device as DeviceRecord
 from edgekd.checks import check, holds
-from edgekd.exporters.tflite import _schema
+from edgekd.exporters.tflite import flatbuffer_schema as tflite_schema
 
 
 def write_graph(path, tensors, ops, inputs, outputs):
     """A hand-built .tflite: tensors as (shape, type, constant bytes or None); ops as (opcode, inputs, outputs)."""
-    schema = _schema()
+    schema = tflite_schema()
     model = schema.ModelT()
     model.version = 3
     model.buffers = [schema.BufferT()]
@@ -63,7 +63,7 @@ INT8, FLOAT32 = 9, 0
 
 
 def test_lifetimes_of_a_residual_block(tmp_path):
-    op = _schema().BuiltinOperator
+    op = tflite_schema().BuiltinOperator
     # x(40 B) ─conv→ a(24 B) ─conv→ b(40 B) ─add(x, b)→ y(40 B): x stays live until the ADD.
     path = write_graph(
         tmp_path / "residual.tflite",
@@ -87,7 +87,7 @@ def test_lifetimes_of_a_residual_block(tmp_path):
 
 
 def test_lifetimes_of_a_chain_free_tensors_early(tmp_path):
-    op = _schema().BuiltinOperator
+    op = tflite_schema().BuiltinOperator
     path = write_graph(
         tmp_path / "chain.tflite",
         tensors=[

@@ -1,6 +1,5 @@
 """The device run: the mcu-project firmware built for Cortex-M and run in QEMU, against the host TFLM."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,19 +14,6 @@ from edgekd.benchmarks.profiles import load_device
 from edgekd.exporters import mcu_project, tflite
 from edgekd.exporters.mcu_project import check_operators
 from edgekd.exporters.runtimes import MicroRunner
-
-REQUIRED = os.environ.get("EDGEKD_REQUIRE_DEVICE") == "1"  # set by .ci/run: CI must run these, not skip them
-
-
-@pytest.fixture(scope="module")
-def device_setup():
-    """(toolchain, TFLM tree), or a skip naming what is missing (a failure where the device is required)."""
-    try:
-        return firmware.find_toolchain(), firmware.resolve_tflm_tree()
-    except firmware.DeviceSetupError as exc:
-        if REQUIRED:
-            pytest.fail(f"EDGEKD_REQUIRE_DEVICE=1 but {exc}")
-        pytest.skip(str(exc))
 
 
 class SmallNet(torch.nn.Module):

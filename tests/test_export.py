@@ -82,7 +82,7 @@ def corrupt_largest_weight(path):
     """Overwrite the largest constant buffer of a .tflite with noise, keeping the file valid."""
     import flatbuffers
 
-    schema = tflite._schema()
+    schema = tflite.flatbuffer_schema()
     model = schema.ModelT.InitFromPackedBuf(path.read_bytes(), 0)
     largest = max((b for b in model.buffers if b.data is not None), key=lambda b: len(b.data))
     largest.data = np.random.default_rng(0).integers(0, 255, len(largest.data), dtype=np.uint8)
