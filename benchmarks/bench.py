@@ -26,6 +26,7 @@ from edgekd.benchmarks.report_schema import (
     DeviceRun,
     HostLatency,
     McuLatency,
+    MemoryRewrite,
     PeakLayer,
     Report,
     Sram,
@@ -136,6 +137,25 @@ def _sram(path: Path, int8: bool) -> tuple[Sram, int]:
         peak_layer=PeakLayer(index=peak.index, op=peak.op, output_shape=peak.output_shape),
         layer_live_bytes=[layer.live_bytes for layer in profile.layers],
     ), profile.file_bytes
+
+
+def _memory_rewrite(found: dict) -> MemoryRewrite:
+    """export.json's record of the memory rewrite, as the report shows it."""
+    after = found.get("arena_after")
+    return MemoryRewrite(
+        mode=found["mode"],
+        rewrite=found["rewrite"],
+        reason=found["reason"],
+        arena_before_bytes=found["arena_before"]["total"],
+        arena_after_bytes=after and after["total"],
+        static_peak_before_bytes=found["static_peak_before"],
+        static_peak_after_bytes=found.get("static_peak_after"),
+        model_bytes_before=found["flash_before"],
+        model_bytes_after=found.get("flash_after"),
+        macs_before=found["macs_before"],
+        macs_after=found.get("macs_after"),
+        layer_live_bytes_before=found.get("layer_live_bytes_before", []),
+    )
 
 
 def verdict(
@@ -322,6 +342,8 @@ def _artefact(
         return record
     device_artefact = fmt == device_format()
     record.sram, record.flash_bytes = _sram(path, int8=device_artefact)
+    if exported is not None and fmt in exported.artefacts and "memory" in exported.artefacts[fmt].info:
+        record.memory_rewrite = _memory_rewrite(exported.artefacts[fmt].info["memory"])
     layers = layer_macs(path)
     record.macs = sum(layer.macs for layer in layers if layer.op_class != "other")
     if device_artefact:

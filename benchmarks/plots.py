@@ -83,6 +83,11 @@ def plot_memory(artefact: Artefact, sram_budget: int, out: Path) -> Path | None:
     fig, axis = plt.subplots(figsize=(10, 3.6))
     colours = ["tab:red" if i == peak.index else "tab:blue" for i in range(len(live))]
     axis.bar(range(len(live)), live, color=colours)
+    rewrite = artefact.memory_rewrite
+    if rewrite is not None and rewrite.rewrite != "none" and rewrite.layer_live_bytes_before:
+        before = [b / 1024 for b in rewrite.layer_live_bytes_before]
+        axis.step(range(len(before)), before, where="mid", color="grey", lw=1,
+                  label=f"as converted, before the {rewrite.rewrite} rewrite (its own op order)")  # fmt: skip
     axis.axhline(sram_budget / 1024, color="red", ls="--", label="SRAM budget")
     if artefact.sram.arena_tail_bytes is not None:
         axis.axhline(

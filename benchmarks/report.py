@@ -150,7 +150,36 @@ def _graph_section(report: Report) -> list[str]:
         "TFLite-Micro's x86-64 build (its tail is smaller on a 32-bit MCU), latency from MACs × a cycles/MAC "
         "range. Where the device run measured a figure, the verdict uses the measurement.",
         "",
+        *_memory_rewrite_section(graph_artefacts),
     ]
+
+
+def _memory_rewrite_section(artefacts: list) -> list[str]:
+    """What export.memory did to the device model: before and after, and why."""
+    lines = []
+    for a in artefacts:
+        m = a.memory_rewrite
+        if m is None:
+            continue
+        lines += [f"**Memory rewrite** (`export.memory: {m.mode}`) of {a.format}: {m.reason}.", ""]
+        if m.rewrite == "none":
+            continue
+        device = a.device if a.device is not None and a.device.status == "measured" else None
+        on_target = f"{_kib(device.arena_used_bytes)} (measured on the {device.core})" if device else "–"
+        lines += [
+            "| | as converted | rewritten |",
+            "| --- | ---: | ---: |",
+            f"| TFLite-Micro arena, x86-64 | {_kib(m.arena_before_bytes)} | {_kib(m.arena_after_bytes)} |",
+            f"| TFLite-Micro arena, target | – | {on_target} |",
+            f"| static activation peak | {_kib(m.static_peak_before_bytes)} | {_kib(m.static_peak_after_bytes)} |",
+            f"| model flatbuffer | {_kib(m.model_bytes_before)} | {_kib(m.model_bytes_after)} |",
+            f"| MACs | {m.macs_before:,} | {m.macs_after or 0:,} |",
+            "",
+            "Outputs of the rewritten graph equal the converted graph's bit for bit in TFLite Micro on every "
+            "test image (an export check); the device run checks the firmware against the rewritten graph.",
+            "",
+        ]
+    return lines
 
 
 def _training_section(t: Summary) -> list[str]:

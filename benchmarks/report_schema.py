@@ -92,6 +92,24 @@ class DeviceRun(BaseModel):
     seconds: float | None = None
 
 
+class MemoryRewrite(BaseModel):
+    """What the export's memory rewrite (export.memory) did to the int8 graph; "before" is the graph as
+    converted, "after" the one every later artefact and the device run use."""
+
+    mode: str = Field(description="export.memory: auto, none or groups")
+    rewrite: str = Field(description="what was applied: none or groups")
+    reason: str
+    arena_before_bytes: int = Field(description="TFLite-Micro arena (x86-64 build) as converted")
+    arena_after_bytes: int | None = None
+    static_peak_before_bytes: int
+    static_peak_after_bytes: int | None = None
+    model_bytes_before: int
+    model_bytes_after: int | None = None
+    macs_before: int
+    macs_after: int | None = None
+    layer_live_bytes_before: list[int] = Field(default_factory=list)
+
+
 class Artefact(BaseModel):
     format: str
     path: str
@@ -103,6 +121,7 @@ class Artefact(BaseModel):
     flash_bytes: int | None = None
     sram: Sram | None = None
     macs: int | None = None
+    memory_rewrite: MemoryRewrite | None = None
     device: DeviceRun | None = None
 
 

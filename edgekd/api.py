@@ -180,12 +180,17 @@ def fit(
     classes: int = 10,
     channels: int = 3,
     min_resolution: int = 64,
+    memory: str = "groups",
 ) -> list[Candidate]:
     """MobileNetV2-Tiny width × resolution configurations that fit the device, most MACs first
-    (predicted arena and flash are upper bounds)."""
+    (predicted arena and flash are upper bounds). `memory`: "groups" counts on the export's channel-groups
+    rewrite where the arena needs it (as `export.memory: auto` does), "none" on the graph as converted."""
     if channels not in (1, 3):
         raise EdgeKDError(f"channels {channels}: give 1 (greyscale) or 3 (colour)")
     if classes < 2:
         raise EdgeKDError(f"classes {classes}: a classifier needs at least 2")
     profile = load_device(device)
-    return search(parse_budget(budget, profile), num_classes=classes, in_chans=channels, min_resolution=min_resolution)
+    if memory not in ("groups", "none"):
+        raise EdgeKDError(f"memory {memory!r}: give groups or none")
+    return search(parse_budget(budget, profile), num_classes=classes, in_chans=channels,
+                  min_resolution=min_resolution, groups=memory == "groups")  # fmt: skip

@@ -197,13 +197,19 @@ def fit(
     channels: int = typer.Option(3, "--channels", help="input channels: 1 (greyscale) or 3 (colour)"),
     min_resolution: int = typer.Option(64, "--min-resolution", min=32, help="smallest input size to consider"),
     top: int = typer.Option(8, "--top", min=1, help="how many configurations to list"),
+    memory: str = typer.Option(
+        "groups", "--memory", help="groups: count on the export's channel-groups rewrite (export.memory: auto); none"
+    ),
 ) -> None:
     """Which MobileNetV2-Tiny width × resolution fit the device (analytic, seconds), best first."""
     if channels not in (1, 3):
         raise EdgeKDError(f"--channels {channels}: give 1 (greyscale) or 3 (colour)")
+    if memory not in ("groups", "none"):
+        raise EdgeKDError(f"--memory {memory}: give groups or none")
     profile = load_device(device)
     limits = parse_budget(budget, profile)
-    found = _api().fit(device, budget, classes=classes, channels=channels, min_resolution=min_resolution)
+    found = _api().fit(device, budget, classes=classes, channels=channels, min_resolution=min_resolution,
+                       memory=memory)  # fmt: skip
     if not found:
         raise CheckFailed(
             f"no MobileNetV2-Tiny of width ≥ 0.35 at ≥ {min_resolution} px fits "
@@ -213,7 +219,7 @@ def fit(
         title=f"fits {profile.name}: SRAM {limits.sram_bytes / 1024:,.0f} KiB, "
         f"flash {limits.flash_bytes / 1024:,.0f} KiB ({classes} classes, {channels} input channels)"
     )
-    for column in ("width", "input", "MACs", "params", "activations", "arena (est.)", "flash (est.)"):
+    for column in ("width", "input", "MACs", "params", "activations", "arena (est.)", "flash (est.)", "rewrite"):
         table.add_column(column, justify="right")
     for c in found[:top]:
         table.add_row(
@@ -224,6 +230,7 @@ def fit(
             f"{c.activation_peak / 1024:,.1f} KiB",
             f"{c.arena_estimate / 1024:,.1f} KiB",
             f"{c.flash_estimate / 1024:,.1f} KiB",
+            "channel groups" if c.added_ops else "none",
         )
     stdout.print(table)
     stdout.print("Ranked by MACs (the proxy for accuracy). Paste into a recipe:\n")
