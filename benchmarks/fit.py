@@ -22,7 +22,7 @@ from torch import nn
 from edgekd.benchmarks.memory import aligned, analyse
 from edgekd.benchmarks.profiles import Budget
 from edgekd.exporters import tflite
-from edgekd.exporters.memory_rewrite import MAX_GROUPS, channel_slices
+from edgekd.exporters.channel_groups import MAX_GROUPS, channel_slices
 from edgekd.exporters.runtimes import measure_arena
 from edgekd.models import count_macs, create_model
 
@@ -142,7 +142,7 @@ def simulate(model: nn.Module, in_chans: int, resolution: int, groups: bool = Fa
 
 def _grouped_block(x: int, skip: int, shapes: dict, block: InvertedResidual, groups: int) -> list[int]:
     """Live bytes of each op of an inverted residual's expand conv and depthwise in channel groups, and of
-    the CONCATENATION after them (see edgekd.exporters.memory_rewrite)."""
+    the CONCATENATION after them (see edgekd.exporters.channel_groups)."""
     expand_shape, dw_shape = shapes[block.conv_pw], shapes[block.conv_dw]
     live, done = [], 0
     slices = channel_slices(dw_shape[1], groups)

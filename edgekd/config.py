@@ -184,14 +184,21 @@ class ExportConfig(StrictModel):
     min_agreement_fp32: float = Field(0.995, ge=0, le=1)
     min_agreement_int8: float = Field(0.97, ge=0, le=1)
     max_int8_accuracy_drop: float = Field(0.01, ge=0, le=1)
-    memory: Literal["auto", "none", "groups"] = Field(
+    memory: Literal["auto", "none", "groups", "patches"] = Field(
         "auto",
         description="rewrite the int8 graph so TFLite Micro needs less arena, outputs bit-identical: auto = only "
         "when the arena exceeds the bench device's SRAM budget, with the least extra work; groups = channel "
-        "groups wherever they lower the peak; none = as converted",
+        "groups wherever they lower the peak; patches = spatial patches (then groups) for the smallest arena; "
+        "none = as converted",
     )
     memory_groups: int | None = Field(
         None, ge=2, le=10, description="channel groups per rewritten block (default: the fewest that reach the goal)"
+    )
+    memory_grid: tuple[int, int] | None = Field(
+        None, description="patches: rows and columns of the grid, e.g. [3, 3] (default: searched)"
+    )
+    memory_cut: int | None = Field(
+        None, ge=0, description="patches: the operator after which the patches join (default: searched)"
     )
 
     @field_validator("formats")

@@ -4,20 +4,14 @@ tensors never all live at once, so stock TensorFlow Lite Micro needs a smaller a
 TFLite Micro runs operators in file order and keeps a tensor from the op that writes it to the last op
 that reads it. In MobileNetV2 the peak is a block whose expand conv writes a wide tensor that only the
 depthwise conv reads (at 144 px, stage 1's first block: 72×72×48 expanded, 36×36×48 after the stride-2
-depthwise, both live at once).
-
-Channel groups (no extra MACs): such a conv → depthwise pair is computed in G groups of channels,
-conv_1, depthwise_1, conv_2, depthwise_2, …, then one CONCATENATION on channels gives the depthwise
-output the rest of the graph reads. Each group's conv and depthwise use slices of the weights, the
-biases and the per-channel scales, and every output channel of either op depends only on its own
-slice, so each value is computed by the same int8 arithmetic: the outputs are bit-identical. Only 1/G
-of the wide tensor lives at a time; the concatenation holds the depthwise output twice (its inputs and
-its output share one scale and zero point, as TFLite Micro's int8 kernel requires).
+depthwise, both live at once). Two rewrites take it apart: channel groups (`channel_groups.py`, no extra
+MACs) and spatial patches (`spatial_patches.py`, MCUNetV2's patch-based inference in builtin operators,
+a few percent more MACs for the halos). This module picks between them for `export.memory`.
 """
 
 from __future__ import annotations
 
-import copy
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,232 +19,25 @@ import numpy as np
 
 from edgekd.benchmarks.compute import layer_macs
 from edgekd.benchmarks.memory import analyse
-from edgekd.errors import EdgeKDError
+from edgekd.exporters.channel_groups import describe, group_sites, plan_groups, split_channel_groups
+from edgekd.exporters.graph_edit import RewriteError
 from edgekd.exporters.runtimes import measure_arena
-from edgekd.exporters.tflite import builtin_code, constant_values, drop_unused_tensors, flatbuffer_schema, pack
+from edgekd.exporters.spatial_patches import cut_points, split_spatial_patches
 
-MAX_GROUPS = 10  # TFLite Micro's CONCATENATION takes at most 10 inputs
-
-
-class RewriteError(EdgeKDError):
-    """A memory-rewrite option that does not fit the graph."""
+PATCH_GRIDS = ((2, 2), (3, 3), (4, 4))
+MAX_PATCHED_MACS = 0.25  # the prefix a patch search cuts: at most this share of the model's MACs
 
 
-@dataclass(frozen=True)
-class GroupSite:
-    """A conv whose output only a depthwise conv (depth multiplier 1) reads: where channel groups apply."""
+@dataclass
+class Candidate:
+    """One rewritten graph and what it costs."""
 
-    conv: int  # operator index in the unrewritten graph
-    depthwise: int
-    channels: int
-    name: str  # the depthwise output's tensor name, for the log
-
-
-def group_sites(data: bytes) -> list[GroupSite]:
-    schema = flatbuffer_schema()
-    model = schema.ModelT.InitFromPackedBuf(data, 0)
-    graph = model.subgraphs[0]
-    codes = [builtin_code(model, op) for op in graph.operators]
-    readers: dict[int, list[int]] = {}
-    for index, op in enumerate(graph.operators):
-        for tensor in op.inputs:
-            readers.setdefault(int(tensor), []).append(index)
-    graph_io = {int(t) for t in list(graph.inputs) + list(graph.outputs)}
-    sites = []
-    for index, op in enumerate(graph.operators):
-        wide = int(op.outputs[0])
-        if codes[index] != schema.BuiltinOperator.CONV_2D or wide in graph_io:
-            continue
-        users = readers.get(wide, [])
-        if len(users) != 1 or codes[users[0]] != schema.BuiltinOperator.DEPTHWISE_CONV_2D:
-            continue
-        depthwise = graph.operators[users[0]]
-        if int(depthwise.inputs[0]) != wide or depthwise.builtinOptions.depthMultiplier != 1:
-            continue
-        if int(depthwise.outputs[0]) in graph_io:
-            continue
-        output = graph.tensors[int(depthwise.outputs[0])]
-        sites.append(GroupSite(index, users[0], int(output.shape[-1]), (output.name or b"").decode(errors="replace")))
-    return sites
-
-
-def channel_slices(channels: int, groups: int) -> list[tuple[int, int]]:
-    """[start, stop) of each group: near-equal, in multiples of 4 channels where the channels allow
-    (CMSIS-NN's kernels work on 4 channels at a time)."""
-    if not 2 <= groups <= min(channels, MAX_GROUPS):
-        raise RewriteError(
-            f"export.memory_groups: {groups} groups do not fit a layer of {channels} channels "
-            f"(use 2 to {min(channels, MAX_GROUPS)})"
-        )
-    unit = 4 if channels % 4 == 0 and channels // 4 >= groups else 1
-    units, extra = divmod(channels // unit, groups)
-    bounds, start = [], 0
-    for group in range(groups):
-        stop = start + (units + (group < extra)) * unit
-        bounds.append((start, stop))
-        start = stop
-    return bounds
-
-
-def split_channel_groups(data: bytes, groups: dict[int, int]) -> tuple[bytes, list[int]]:
-    """The graph with each site's conv (by operator index) → `groups[conv]` channel groups; and, for every
-    operator of the new graph, the index of the operator it comes from in `data` (the concatenation
-    counts as the depthwise's)."""
-    schema = flatbuffer_schema()
-    model = schema.ModelT.InitFromPackedBuf(data, 0)
-    graph = model.subgraphs[0]
-    sites = {site.conv: site for site in group_sites(data)}
-    unknown = sorted(set(groups) - set(sites))
-    if unknown:
-        raise RewriteError(f"operators {unknown} are not a conv that only a depthwise conv reads")
-    replaced = {sites[conv].depthwise: conv for conv in groups}
-    operators, origin = [], []
-    for index, op in enumerate(graph.operators):
-        if index in replaced:
-            continue  # emitted with its conv
-        if index not in groups:
-            operators.append(op)
-            origin.append(index)
-            continue
-        depthwise_index = sites[index].depthwise
-        new_ops = _grouped(model, op, graph.operators[depthwise_index], groups[index])
-        operators += new_ops
-        origin += [index, depthwise_index] * groups[index] + [depthwise_index]
-    graph.operators = operators
-    drop_unused_tensors(model)
-    _drop_unused_buffers(model)
-    return pack(model), origin
-
-
-def _grouped(model, conv, depthwise, groups: int) -> list:
-    """conv_1, depthwise_1, …, conv_G, depthwise_G, CONCATENATION (writing the depthwise's own output)."""
-    graph = model.subgraphs[0]
-    wide, narrow = graph.tensors[int(conv.outputs[0])], graph.tensors[int(depthwise.outputs[0])]
-    operators, parts = [], []
-    for start, stop in channel_slices(int(narrow.shape[-1]), groups):
-        conv_part, depthwise_part = copy.deepcopy(conv), copy.deepcopy(depthwise)
-        wide_part = _new_tensor(graph, _activation_slice(wide, stop - start))
-        narrow_part = _new_tensor(graph, _activation_slice(narrow, stop - start))
-        conv_part.inputs = np.array(
-            [int(conv.inputs[0]), _constant_slice(model, int(conv.inputs[1]), 0, start, stop)]
-            + [_constant_slice(model, int(t), 0, start, stop) if t >= 0 else -1 for t in conv.inputs[2:]],
-            dtype=np.int32,
-        )
-        conv_part.outputs = np.array([wide_part], dtype=np.int32)
-        depthwise_part.inputs = np.array(
-            [wide_part, _constant_slice(model, int(depthwise.inputs[1]), 3, start, stop)]
-            + [_constant_slice(model, int(t), 0, start, stop) if t >= 0 else -1 for t in depthwise.inputs[2:]],
-            dtype=np.int32,
-        )
-        depthwise_part.outputs = np.array([narrow_part], dtype=np.int32)
-        operators += [conv_part, depthwise_part]
-        parts.append(narrow_part)
-    operators.append(_concatenation(model, parts, int(depthwise.outputs[0])))
-    return operators
-
-
-def _activation_slice(tensor, channels: int):
-    part = copy.deepcopy(tensor)
-    part.shape = np.array([*tensor.shape[:-1], channels], dtype=np.int32)
-    if part.shapeSignature is not None:
-        part.shapeSignature = np.array([*tensor.shapeSignature[:-1], channels], dtype=np.int32)
-    part.name = (tensor.name or b"") + f"/c{channels}".encode()
-    return part
-
-
-def _constant_slice(model, tensor_index: int, axis: int, start: int, stop: int) -> int:
-    """A new constant tensor: channels [start, stop) along `axis` of a weight or bias, with their per-channel
-    quantisation (per-tensor quantisation is kept as it is)."""
-    schema = flatbuffer_schema()
-    graph = model.subgraphs[0]
-    tensor = graph.tensors[tensor_index]
-    values = np.take(constant_values(model, tensor), range(start, stop), axis=axis)
-    part = copy.deepcopy(tensor)
-    part.shape = np.array(values.shape, dtype=np.int32)
-    part.name = (tensor.name or b"") + f"/{start}:{stop}".encode()
-    quantisation = part.quantization
-    if quantisation is not None and quantisation.scale is not None and len(quantisation.scale) > 1:
-        if quantisation.quantizedDimension != axis:
-            raise RewriteError(f"tensor {tensor.name!r} is quantised per channel along another axis")
-        quantisation.scale = quantisation.scale[start:stop]
-        if quantisation.zeroPoint is not None and len(quantisation.zeroPoint) > 1:
-            quantisation.zeroPoint = quantisation.zeroPoint[start:stop]
-    buffer = schema.BufferT()
-    buffer.data = np.ascontiguousarray(values).view(np.uint8).reshape(-1)
-    model.buffers.append(buffer)
-    part.buffer = len(model.buffers) - 1
-    return _new_tensor(graph, part)
-
-
-def _new_tensor(graph, tensor) -> int:
-    graph.tensors.append(tensor)
-    return len(graph.tensors) - 1
-
-
-def _concatenation(model, inputs: list[int], output: int):
-    schema = flatbuffer_schema()
-    code = schema.BuiltinOperator.CONCATENATION
-    index = next((i for i, c in enumerate(model.operatorCodes) if max(c.builtinCode, c.deprecatedBuiltinCode) == code),
-                 None)  # fmt: skip
-    if index is None:
-        opcode = schema.OperatorCodeT()
-        opcode.builtinCode, opcode.deprecatedBuiltinCode, opcode.version = code, code, 2  # version 2: int8
-        model.operatorCodes.append(opcode)
-        index = len(model.operatorCodes) - 1
-    options = schema.ConcatenationOptionsT()
-    options.axis, options.fusedActivationFunction = 3, schema.ActivationFunctionType.NONE
-    op = schema.OperatorT()
-    op.opcodeIndex, op.inputs, op.outputs = index, np.array(inputs, dtype=np.int32), np.array([output], dtype=np.int32)
-    op.builtinOptionsType, op.builtinOptions = schema.BuiltinOptions.ConcatenationOptions, options
-    return op
-
-
-def _drop_unused_buffers(model) -> None:
-    """Empty the buffers no tensor points to any more (the unsliced weights), keeping the numbering."""
-    used = {int(t.buffer) for graph in model.subgraphs for t in graph.tensors}
-    for index, buffer in enumerate(model.buffers):
-        if index not in used:
-            buffer.data = None
-
-
-# ---------------------------------------------------------------- choosing the rewrite
-
-
-def plan_groups(data: bytes, *, groups: int | None, target: int | None) -> dict[int, int]:
-    """Channel groups, one block at a time, at the block that makes the activation peak, until the peak is
-    at most `target` bytes (None: as low as groups bring it). At each block the fewest groups that reach
-    the target (else the fewest that bring the lowest peak) are taken, or `groups` when it is given."""
-    sites = {site.conv: site for site in group_sites(data)}
-    by_op = {op: site for site in sites.values() for op in (site.conv, site.depthwise)}
-    chosen: dict[int, int] = {}
-    peak = analyse(data)
-    origin = list(range(len(peak.layers)))  # operator of the current graph → operator of `data`
-    while target is None or peak.peak_bytes > target:
-        site = by_op.get(origin[peak.peak_layer])
-        if site is None or site.conv in chosen:
-            break  # the peak is not where groups apply
-        counts = [groups] if groups is not None else range(2, min(site.channels, MAX_GROUPS) + 1)
-        trials = []
-        for count in counts:
-            rewritten, new_origin = split_channel_groups(data, {**chosen, site.conv: count})
-            trials.append((analyse(rewritten), count, rewritten, new_origin))
-        reaching = [t for t in trials if target is not None and t[0].peak_bytes <= target]
-        best = reaching[0] if reaching else min(trials, key=lambda t: (t[0].peak_bytes, t[1]))
-        if best[0].peak_bytes >= peak.peak_bytes:
-            break
-        peak, chosen[site.conv], _, origin = best
-    return chosen
-
-
-def describe(data: bytes, site: GroupSite) -> str:
-    """A block as the log names it: operators and shapes (the converter's tensor names repeat)."""
-    model = flatbuffer_schema().ModelT.InitFromPackedBuf(data, 0)
-    graph = model.subgraphs[0]
-
-    def shape(op: int) -> str:
-        return "×".join(str(int(d)) for d in graph.tensors[int(graph.operators[op].outputs[0])].shape[1:])
-
-    return f"ops {site.conv}-{site.depthwise} ({shape(site.conv)} → {shape(site.depthwise)})"
+    data: bytes
+    what: str  # for the log and export.json
+    rewrite: str  # groups, patches or patches+groups
+    arena: dict[str, int]
+    macs: int
+    options: dict
 
 
 def _macs(data: bytes) -> int:
@@ -258,46 +45,119 @@ def _macs(data: bytes) -> int:
     return sum(layer.macs for layer in layer_macs(data) if layer.op_class != "other")
 
 
-def rewrite_for_memory(path: Path, mode: str, groups: int | None, sram_budget: int) -> dict:
-    """Apply export.memory to the int8 model at `path` (rewritten in place; the unrewritten graph is kept
-    beside it as `<name>.unrewritten.tflite` for the bit-identity check and the report) and say what was
-    done and why. `auto`: nothing when the arena fits `sram_budget`; else channel groups, block by block,
-    until it fits (the fewest groups: the least extra work), else the smallest arena groups reach."""
+def _arena(data: bytes, scratch: Path) -> dict[str, int]:
+    scratch.write_bytes(data)
+    return measure_arena(scratch)
+
+
+def _grouped(data: bytes, groups: int | None, target: int | None, scratch: Path) -> Candidate | None:
+    """Channel groups at the blocks that make the peak (see channel_groups.plan_groups), or None."""
+    chosen = plan_groups(data, groups=groups, target=target)
+    if not chosen:
+        return None
+    rewritten, _ = split_channel_groups(data, chosen)
+    sites = {site.conv: site for site in group_sites(data)}
+    blocks = "; ".join(f"{describe(data, sites[conv])} in {count} groups" for conv, count in sorted(chosen.items()))
+    options = {"groups": {str(conv): count for conv, count in sorted(chosen.items())}}
+    return Candidate(rewritten, f"channel groups at {blocks}", "groups", _arena(rewritten, scratch),
+                     _macs(rewritten), options)  # fmt: skip
+
+
+def _patch_cuts(data: bytes) -> list[int]:
+    """Where a patch search cuts: block outputs (a cut point whose output no depthwise conv reads) within
+    the first MAX_PATCHED_MACS of the MACs, where the maps are large and the halos cheap."""
+    layers = layer_macs(data)
+    total = sum(layer.macs for layer in layers if layer.op_class != "other")
+    prefix = np.cumsum([layer.macs if layer.op_class != "other" else 0 for layer in layers])
+    depthwise_inputs = {site.conv for site in group_sites(data)}
+    return [cut for cut in cut_points(data) if prefix[cut] <= MAX_PATCHED_MACS * total and cut not in depthwise_inputs]
+
+
+def _patched(data: bytes, cut: int, grid: tuple[int, int], groups: int | None, scratch: Path) -> Candidate:
+    """Spatial patches up to `cut`, then channel groups wherever they still lower the peak."""
+    rewritten, _ = split_spatial_patches(data, cut, grid)
+    what = f"spatial patches {grid[0]}x{grid[1]} up to op {cut}"
+    options = {"patches": {"cut": cut, "grid": list(grid)}}
+    grouped = _grouped(rewritten, groups, None, scratch)
+    if grouped is not None:
+        return Candidate(grouped.data, f"{what}, then {grouped.what} (of the patched graph)", "patches+groups",
+                         grouped.arena, grouped.macs, {**options, **grouped.options})  # fmt: skip
+    return Candidate(rewritten, what, "patches", _arena(rewritten, scratch), _macs(rewritten), options)
+
+
+def _patch_candidates(data: bytes, settings, scratch: Path) -> list[Candidate]:
+    cuts = [settings.memory_cut] if settings.memory_cut is not None else _patch_cuts(data)
+    grids = [tuple(settings.memory_grid)] if settings.memory_grid is not None else PATCH_GRIDS
+    found = []
+    for cut in cuts:
+        for grid in grids:
+            try:
+                found.append(_patched(data, cut, grid, settings.memory_groups, scratch))
+            except RewriteError:
+                if settings.memory_cut is not None or settings.memory_grid is not None:
+                    raise  # the user's option does not fit the graph
+    return found
+
+
+def _choose(data: bytes, settings, sram_budget: int, scratch: Path) -> tuple[Candidate | None, str]:
+    """The rewrite export.memory asks for, and why (None: keep the graph)."""
+    mode, before = settings.memory, _arena(data, scratch)
+    profile = analyse(data)
+    if mode == "groups":
+        return _grouped(data, settings.memory_groups, None, scratch), "export.memory: groups"
+    if mode == "patches":
+        found = _patch_candidates(data, settings, scratch)
+        return min(found, key=lambda c: (c.arena["total"], c.macs), default=None), "export.memory: patches"
+    # auto: the least extra work that fits; the arena moves with the activations' peak, the rest stays.
+    target = sram_budget - (before["total"] - profile.peak_bytes)
+    grouped = _grouped(data, settings.memory_groups, target, scratch)
+    if grouped is not None and grouped.arena["total"] <= sram_budget:
+        return grouped, "the fewest channel groups that fit (no extra MACs)"
+    found = [c for c in [grouped, *_patch_candidates(data, settings, scratch)] if c is not None]
+    fitting = [c for c in found if c.arena["total"] <= sram_budget]
+    if fitting:
+        return min(fitting, key=lambda c: c.macs), "channel groups alone do not fit; the fewest extra MACs that do"
+    return min(found, key=lambda c: (c.arena["total"], c.macs), default=None), "no rewrite fits; the smallest arena"
+
+
+def rewrite_for_memory(path: Path, settings, sram_budget: int) -> dict:
+    """Apply export.memory (`settings`: the recipe's export section) to the int8 model at `path`, rewritten
+    in place (the unrewritten graph is kept beside it as `<name>.unrewritten.tflite`, for the bit-identity
+    check and the report), and say what was done and why. `auto`: nothing when the arena fits
+    `sram_budget`; else channel groups with the fewest groups that fit; else spatial patches (+ groups),
+    the fit with the fewest extra MACs; else the smallest arena any of them reaches."""
     data = path.read_bytes()
     before = measure_arena(path)
     profile = analyse(data)
-    found = {"mode": mode, "rewrite": "none", "arena_before": before, "static_peak_before": profile.peak_bytes,
-             "flash_before": len(data), "macs_before": _macs(data)}  # fmt: skip
-    if mode == "none":
+    found = {"mode": settings.memory, "rewrite": "none", "arena_before": before, "flash_before": len(data),
+             "static_peak_before": profile.peak_bytes, "macs_before": _macs(data)}  # fmt: skip
+    if settings.memory == "none":
         return {**found, "reason": "export.memory: none"}
-    if mode == "auto" and before["total"] <= sram_budget:
+    if settings.memory == "auto" and before["total"] <= sram_budget:
         fits = f"the arena ({before['total']:,} B) fits the SRAM budget ({sram_budget:,} B) as exported"
         return {**found, "reason": fits}
-    # The arena is the activations' peak plus what does not move with it (persistent data, planner slack).
-    target = sram_budget - (before["total"] - profile.peak_bytes) if mode == "auto" else None
-    chosen = plan_groups(data, groups=groups, target=target)
-    if not chosen:
+    with tempfile.TemporaryDirectory() as folder:
+        chosen, why = _choose(data, settings, sram_budget, Path(folder) / "candidate.tflite")
+    if chosen is None or chosen.arena["total"] >= before["total"]:
         where = f"op {profile.peak_layer} ({profile.peak.op})"
-        return {**found, "reason": f"channel groups do not lower the peak at {where}; the graph is kept"}
-    rewritten, _ = split_channel_groups(data, chosen)
+        return {**found, "reason": f"no rewrite lowers the arena (its peak is at {where}); the graph is kept"}
     original = path.with_suffix(".unrewritten.tflite")
     original.write_bytes(data)
-    path.write_bytes(rewritten)
+    path.write_bytes(chosen.data)
     after = measure_arena(path)
-    sites = {site.conv: site for site in group_sites(data)}
-    blocks = [f"{describe(data, sites[conv])} in {count} groups" for conv, count in sorted(chosen.items())]
     verdict = "under" if after["total"] <= sram_budget else "still above"
-    reason = (f"channel groups at {'; '.join(blocks)}: arena {before['total']:,} → {after['total']:,} B, "
-              f"{verdict} the SRAM budget of {sram_budget:,} B")  # fmt: skip
+    extra = chosen.macs / found["macs_before"] - 1
+    reason = (f"{chosen.what}: arena {before['total']:,} → {after['total']:,} B, {verdict} the SRAM budget of "
+              f"{sram_budget:,} B, {extra:+.2%} MACs ({why})")  # fmt: skip
     return {
         **found,
-        "rewrite": "groups",
-        "groups": {str(conv): count for conv, count in sorted(chosen.items())},
+        **chosen.options,
+        "rewrite": chosen.rewrite,
         "unrewritten": original.name,
         "arena_after": after,
-        "static_peak_after": analyse(rewritten).peak_bytes,
-        "flash_after": len(rewritten),
-        "macs_after": _macs(rewritten),
+        "static_peak_after": analyse(chosen.data).peak_bytes,
+        "flash_after": len(chosen.data),
+        "macs_after": chosen.macs,
         "layer_live_bytes_before": [layer.live_bytes for layer in profile.layers],
         "reason": reason,
     }

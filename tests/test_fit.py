@@ -98,7 +98,7 @@ def test_grouped_estimate_is_the_rewritten_exports_peak(tmp_path):
     """The peak fit predicts with groups is the static peak of the graph the export's search ends at, to
     the byte, and its arena bound holds for what TFLite Micro allocates."""
     from edgekd.benchmarks.memory import analyse
-    from edgekd.exporters import memory_rewrite, tflite
+    from edgekd.exporters import channel_groups, tflite
     from edgekd.exporters.runtimes import measure_arena
 
     for width, resolution in ((0.35, 160), (0.5, 112)):
@@ -106,8 +106,8 @@ def test_grouped_estimate_is_the_rewritten_exports_peak(tmp_path):
         model = fit.student_like_trained(width, 10, 3)
         tflite.convert(model, torch.randn(2, 3, resolution, resolution), path, int8=True)
         data = path.read_bytes()
-        chosen = memory_rewrite.plan_groups(data, groups=None, target=None)
-        path.write_bytes(memory_rewrite.split_channel_groups(data, chosen)[0])
+        chosen = channel_groups.plan_groups(data, groups=None, target=None)
+        path.write_bytes(channel_groups.split_channel_groups(data, chosen)[0])
         estimate = fit.estimate(width, resolution, 10, 3, groups=True)
         assert estimate.activation_peak == analyse(path).peak_bytes, (width, resolution)
         assert estimate.arena_estimate >= measure_arena(path)["total"], (width, resolution)

@@ -35,6 +35,8 @@ def test_bundled_name_resolves_and_defaults_apply():
         (lambda r: r["distill"].update(lr=-1), "'distill.lr': Input should be greater than 0"),
         (lambda r: r["teacher"].pop("train"), "teacher needs weights"),
         (lambda r: r["data"].update(dataset="imagefolder"), "data.root is required"),
+        (lambda r: r.update(export={"memory": "patchez"}), "'export.memory' is 'patchez'; expected one of auto"),
+        (lambda r: r.update(export={"memory_groups": 11}), "'export.memory_groups': Input should be less than"),
     ],
 )
 def test_schema_errors_name_the_key(tiny_recipe, mutate, expected):
