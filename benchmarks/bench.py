@@ -356,7 +356,29 @@ def _artefact(
             record.device = device_run.skipped(plan.settings.target, plan.skip_reason)
         else:
             record.device = _on_device(path, source, plan, images, labels, out, console)
+            record.memory_rewrite = _unrewritten_on_device(record, path, plan, images, labels, out, console)
     return record
+
+
+def _unrewritten_on_device(
+    record: Artefact, path: Path, plan: BenchPlan, images: np.ndarray | None, labels: np.ndarray | None, out: Path,
+    console: Console,
+) -> MemoryRewrite | None:  # fmt: skip
+    """What the graph as converted needs on the same target (three inferences), beside the rewritten graph's
+    run: the rewrite's saving and its cost, both measured."""
+    rewrite = record.memory_rewrite
+    original = path.parent / f"{path.stem}.unrewritten.tflite"
+    if rewrite is None or rewrite.rewrite == "none" or record.device.status != "measured" or not original.is_file():
+        return rewrite
+    console.print(f"  {plan.run_target}: the graph as converted, for the rewrite's before/after", highlight=False)
+    before = device_run.measure(original, plan.run_target, plan.device, project=None,
+                                build_root=RunDir(out).device / "unrewritten", images=images, labels=labels, count=3,
+                                tree_spec=plan.tflm, log=lambda text: console.print(text, highlight=False))  # fmt: skip
+    return rewrite.model_copy(update={
+        "target_arena_before_bytes": before.arena_used_bytes,
+        "target_instructions_before": before.instructions_mean,
+        "target_flash_before_bytes": before.flash_bytes,
+    })  # fmt: skip
 
 
 def _write_report(report: Report, source: Path, out: Path, target: Artefact | None, budget: Budget) -> None:

@@ -108,6 +108,9 @@ class MemoryRewrite(BaseModel):
     macs_before: int
     macs_after: int | None = None
     layer_live_bytes_before: list[int] = Field(default_factory=list)
+    target_arena_before_bytes: int | None = Field(None, description="arena_used_bytes(), converted graph's firmware")
+    target_instructions_before: float | None = Field(None, description="per inference, the converted graph's firmware")
+    target_flash_before_bytes: int | None = Field(None, description="the converted graph's firmware image")
 
 
 class Artefact(BaseModel):

@@ -235,3 +235,48 @@ def test_compare_counts_agreement():
     result = job.compare(Fixed())
     assert result["agreement"] == pytest.approx(2 / 3) and result["accuracy"] == pytest.approx(2 / 3)
     assert result["max_logit_error"] == pytest.approx(1.0)
+
+
+def with_export_settings(run_dir, **settings):
+    recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+    recipe.setdefault("export", {}).update(settings)
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+
+
+@pytest.mark.slow
+def test_memory_rewrite_through_export_and_the_device_run(capsys, trained_run, device_setup, monkeypatch):
+    """export.memory: groups on a trained student: the rewritten graph matches the converted one on every
+    real test image, later formats use it, and the device run measures both graphs for the report."""
+    with_export_settings(trained_run, memory="groups")
+    code, err = run_export_cli(capsys, trained_run, "--formats", "tflite-int8,c-array,mcu-project")
+    assert code == 0, err
+    found = json.loads((trained_run / "artefacts" / "export.json").read_text())["artefacts"]["tflite-int8"]
+    memory = found["info"]["memory"]
+    assert memory["rewrite"] == "groups" and memory["arena_after"]["total"] < memory["arena_before"]["total"]
+    same = next(c for c in found["checks"] if c["name"] == "memory rewrite bit-identical")
+    assert same["passed"] and same["value"] == 0
+    assert "CONCATENATION" in (trained_run / "artefacts" / "mcu-project" / "model_ops.h").read_text()
+    monkeypatch.setattr(sys, "argv", ["edgekd", "bench", str(trained_run), "--target", "qemu-m4",
+                                      "--device-images", "5", "--latency-seconds", "0.01"])  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 0, capsys.readouterr().err
+    report = json.loads((trained_run / "report.json").read_text())
+    target = next(a for a in report["artefacts"] if a["format"] == "tflite-int8")
+    rewrite, run = target["memory_rewrite"], target["device"]
+    assert run["bit_exact"] and rewrite["target_arena_before_bytes"] > run["arena_used_bytes"]
+    assert "arena on the cortex-m4 (measured)" in (trained_run / "report.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"memory": "patches", "memory_cut": 500}, "export.memory_cut: the graph cannot be cut after operator 500"),
+        ({"memory": "patches", "memory_cut": 0, "memory_grid": [40, 2]}, "export.memory_grid: 40x2 patches do not fit"),
+    ],
+)
+def test_a_rewrite_option_that_does_not_fit_the_graph_is_one_line(capsys, trained_run, settings, message):
+    with_export_settings(trained_run, **settings)
+    code, err = run_export_cli(capsys, trained_run, "--formats", "tflite-int8")
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
