@@ -18,7 +18,7 @@ from edgekd.benchmarks import latency as latency_method
 from edgekd.benchmarks.compute import layer_macs, mcu_latency
 from edgekd.benchmarks.machine import machine_line
 from edgekd.benchmarks.memory import analyse
-from edgekd.benchmarks.plots import plot_device_layers, plot_memory, plot_tradeoffs, plot_training
+from edgekd.benchmarks.plots import plot_confusion, plot_device_layers, plot_memory, plot_tradeoffs, plot_training
 from edgekd.benchmarks.profiles import Budget, Device, load_device, parse_budget
 from edgekd.benchmarks.report import markdown
 from edgekd.benchmarks.report_schema import (
@@ -164,7 +164,7 @@ def verdict(
     """The device artefact against the budget, and every verification of the export.
 
     Budget: the arena must fit SRAM, the firmware (or, without a device run, the model) flash, the slow
-    end of the latency the latency budget and the accuracy the accuracy floor (each when given).
+    end of the latency the latency budget and the accuracies their floors (each when given).
     Measured figures come first: the device run's arena, firmware size and instruction count; the x86
     arena and the MAC-based estimate only when there was no device run, and the basis says so.
     Checks: every check of export.json, and the firmware's outputs against the host's."""
@@ -173,9 +173,8 @@ def verdict(
         _sram_constraint(artefact, measured, budget),
         _flash_constraint(artefact, measured, budget),
         _latency_constraint(artefact, measured, budget),
-        _accuracy_constraint(artefact, budget, test_images),
     ]
-    constraints = [c for c in constraints if c is not None]
+    constraints = [c for c in constraints if c is not None] + _accuracy_constraints(artefact, budget, test_images)
     checks = list(export_checks or [])
     if measured is not None:
         checks.append(
@@ -230,15 +229,21 @@ def _latency_constraint(artefact: Artefact, measured: DeviceRun | None, budget: 
     return check("latency", float("inf"), budget.latency_ms, "ms", "no latency figure: no clock")
 
 
-def _accuracy_constraint(artefact: Artefact, budget: Budget, test_images: int | None) -> Check | None:
-    if budget.accuracy is None:
-        return None
-    micro = artefact.accuracy.get("tflite-micro")
-    if micro is None:
-        basis = "not measured: a lone artefact has no test split"
-        return check("accuracy", 0.0, budget.accuracy, "fraction", basis, bound="min")
-    basis = f"{artefact.format} in TFLite Micro on {test_images} test images (bit-identical to the device)"
-    return check("accuracy", micro, budget.accuracy, "fraction", basis, bound="min")
+def _accuracy_constraints(artefact: Artefact, budget: Budget, test_images: int | None) -> list[Check]:
+    found = []
+    floors = (("accuracy", budget.accuracy, artefact.accuracy),
+              ("balanced accuracy", budget.balanced_accuracy, artefact.balanced_accuracy))  # fmt: skip
+    for name, floor, measured in floors:
+        if floor is None:
+            continue
+        micro = measured.get("tflite-micro")
+        if micro is None:
+            basis = "not measured: a lone artefact has no test split"
+            found.append(check(name, 0.0, floor, "fraction", basis, bound="min"))
+            continue
+        basis = f"{artefact.format} in TFLite Micro on {test_images} test images (bit-identical to the device)"
+        found.append(check(name, micro, floor, "fraction", basis, bound="min"))
+    return found
 
 
 def export_checks(exported: ExportReport | None) -> list[Check]:
@@ -306,6 +311,9 @@ def _bench(source: Path, plan: BenchPlan, out: Path, console: Console) -> Report
         device=device_record,
         training=summary,
         student_accuracy=exported.student.accuracy if exported is not None else None,
+        student_balanced_accuracy=exported.student.balanced_accuracy if exported is not None else None,
+        student_confusion=exported.student.confusion if exported is not None else None,
+        class_names=exported.student.class_names if exported is not None else [],
         test_images=test_images,
         artefacts=records,
         verdict=verdict(target, budget, export_checks(exported), test_images) if target else None,
@@ -328,6 +336,8 @@ def _artefact(
         path=str(path),
         bytes=path.stat().st_size,
         accuracy={runtime: r.accuracy for runtime, r in found.items()},
+        balanced_accuracy={rt: r.balanced_accuracy for rt, r in found.items() if r.balanced_accuracy is not None},
+        confusion={runtime: r.confusion for runtime, r in found.items() if r.confusion is not None},
         agreement={runtime: r.agreement for runtime, r in found.items()},
     )
     for runtime in FORMATS.get(fmt).runtimes:
@@ -389,6 +399,7 @@ def _write_report(report: Report, source: Path, out: Path, target: Artefact | No
         plot_tradeoffs(report, files.plot("tradeoffs")),
         plot_memory(target, budget.sram_bytes, files.plot("memory")) if target else None,
         plot_device_layers(target, files.plot("device_layers")) if target else None,
+        plot_confusion(target, report.class_names, files.plot("confusion")) if target else None,
     ]
     report.plots = [p.name for p in plots if p is not None]
     files.report_json.write_text(report.model_dump_json(indent=2) + "\n")

@@ -31,6 +31,7 @@ from edgekd.exporters.c_array import ModelInterface, input_hwc
 from edgekd.exporters.mcu_project import check_operators, write_mcu_project
 from edgekd.exporters.runtimes import MicroRunner
 from edgekd.exporters.tflite import read_graph
+from edgekd.metrics import balanced_accuracy, confusion_matrix
 
 
 def project_for(tflite_path: Path, micro: MicroRunner, arena_bytes: int, folder: Path) -> Path:
@@ -126,9 +127,19 @@ def _record(
         agreement_with_host=float((outputs.argmax(1) == host.argmax(1)).mean()),
         bit_exact=bool(np.array_equal(outputs, host)),
         max_output_difference=int(np.abs(outputs.astype(int) - host.astype(int)).max()),
-        accuracy=float((outputs.argmax(1) == labels[: len(host)]).mean()) if labels is not None else None,
         latency=latency_on_clock(mean, device),
+        **_per_class(outputs, labels),
     )
+
+
+def _per_class(outputs: np.ndarray, labels: np.ndarray | None) -> dict:
+    """The firmware's accuracy, balanced accuracy and confusion matrix on the test images it ran."""
+    if labels is None:
+        return {}
+    predictions, truth = outputs.argmax(1), labels[: len(outputs)]
+    confusion = confusion_matrix(truth, predictions, outputs.shape[1])
+    return {"accuracy": float((predictions == truth).mean()), "balanced_accuracy": balanced_accuracy(confusion),
+            "confusion": confusion}  # fmt: skip
 
 
 def _flash(firmware: fw.Firmware, toolchain: fw.Toolchain) -> dict:

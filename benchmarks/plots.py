@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # files only, no display: before pyplot is imported
 
@@ -133,6 +134,33 @@ def plot_device_layers(artefact: Artefact, out: Path) -> Path | None:
         ylabel="thousand instructions",
     )
     axis.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_confusion(artefact: Artefact, class_names: list[str], out: Path) -> Path | None:
+    """The int8 model's confusion matrix in TFLite Micro on the test split, each row as shares of its class."""
+    counts = artefact.confusion.get("tflite-micro")
+    if counts is None:
+        return None
+    matrix = np.asarray(counts, dtype=np.float64)
+    shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    names = class_names or [str(c) for c in range(len(matrix))]
+    size = min(10, 2.5 + 0.45 * len(names))
+    fig, axis = plt.subplots(figsize=(size, size))
+    axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    if len(names) <= 20:  # the counts, legible
+        for (row, column), count in np.ndenumerate(matrix.astype(int)):
+            if count:
+                colour = "white" if shares[row, column] > 0.5 else "black"
+                axis.text(column, row, str(count), ha="center", va="center", fontsize=7, color=colour)
+    axis.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+    axis.set_yticks(range(len(names)), names, fontsize=7)
+    accuracy = artefact.balanced_accuracy.get("tflite-micro")
+    subtitle = f", balanced accuracy {accuracy:.1%}" if accuracy is not None else ""
+    axis.set(title=f"{artefact.format} in TFLite Micro{subtitle}", xlabel="predicted", ylabel="true class")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

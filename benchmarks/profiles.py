@@ -65,6 +65,7 @@ class Budget(BaseModel):
     flash_bytes: int
     latency_ms: float | None = None
     accuracy: float | None = Field(None, description="the lowest test accuracy the device model may have")
+    balanced_accuracy: float | None = Field(None, description="the lowest mean per-class recall it may have")
 
 
 DEVICES: Registry[Path] = Registry("device", "edgekd.devices")
@@ -120,23 +121,24 @@ def parse_size(text: str) -> int:
 
 
 def parse_budget(text: str | None, device: Device) -> Budget:
-    """`sram=256k,flash=1M,latency=50ms,accuracy=95%`; what is not given comes from the device (SRAM,
-    flash) or is not checked (latency, accuracy)."""
+    """`sram=256k,flash=1M,latency=50ms,accuracy=95%,balanced_accuracy=90%`; what is not given comes from
+    the device (SRAM, flash) or is not checked (latency, accuracies)."""
     budget = {"sram_bytes": device.sram_bytes, "flash_bytes": device.flash_bytes, "latency_ms": None}
     for part in [p for p in (text or "").split(",") if p.strip()]:
         key, sep, value = part.partition("=")
         key = key.strip().lower()
-        if not sep or key not in ("sram", "flash", "latency", "accuracy"):
+        if not sep or key not in ("sram", "flash", "latency", "accuracy", "balanced_accuracy"):
             raise DeviceError(
-                f"budget '{part}' does not parse; write e.g. sram=256k,flash=1M,latency=100ms,accuracy=95%"
+                f"budget '{part}' does not parse; write e.g. sram=256k,flash=1M,latency=100ms,accuracy=95% "
+                "(or balanced_accuracy=90%)"
             )
-        if key == "accuracy":
+        if key in ("accuracy", "balanced_accuracy"):
             match = _FRACTION.match(value)
             number = float(match.group(1)) if match else -1.0
             fraction = number / 100 if match and (match.group(2) or number > 1) else number  # 95% or 95 or 0.95
             if not 0 < fraction <= 1:
-                raise DeviceError(f"accuracy budget '{value}' does not parse; write e.g. 95% or 0.95")
-            budget["accuracy"] = fraction
+                raise DeviceError(f"{key} budget '{value}' does not parse; write e.g. 95% or 0.95")
+            budget[key] = fraction
         elif key == "latency":
             match = _TIME.match(value)
             if not match:

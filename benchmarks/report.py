@@ -6,6 +6,7 @@ from pathlib import Path
 
 from edgekd.benchmarks.report_schema import DeviceLayer, DeviceRun, Report, Verdict
 from edgekd.checks import Check, format_value
+from edgekd.metrics import balanced_accuracy, precisions, recalls
 from edgekd.registry import METHODS
 from edgekd.rundir import Summary
 
@@ -55,6 +56,7 @@ def markdown(report: Report) -> str:
         lines += _training_section(report.training)
     lines += _artefacts_section(report)
     lines += _device_section(report)
+    lines += _per_class_section(report)
     lines += _graph_section(report)
     if report.plots:
         lines += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in report.plots] + [""]
@@ -152,6 +154,42 @@ def _graph_section(report: Report) -> list[str]:
         "",
         *_memory_rewrite_section(graph_artefacts),
     ]
+
+
+def _per_class_section(report: Report) -> list[str]:
+    """Recall and precision per class, and balanced accuracy beside top-1: a minority class a model gets
+    wrong is invisible in top-1 and shows here."""
+    target = next((a for a in report.artefacts if a.format == "tflite-int8"), None)
+    columns: list[tuple[str, list[list[int]]]] = []
+    if report.student_confusion is not None:
+        columns.append(("PyTorch", report.student_confusion))
+    if target is not None and "tflite-micro" in target.confusion:
+        columns.append(("int8, TFLite Micro", target.confusion["tflite-micro"]))
+    device = target.device if target is not None else None
+    if device is not None and device.status == "measured" and device.confusion is not None:
+        columns.append((f"int8 firmware, {device.target} ({device.images} images)", device.confusion))
+    if not columns:
+        return []
+    names = report.class_names or [str(c) for c in range(len(columns[0][1]))]
+    header = " | ".join(f"recall: {name}" for name, _ in columns) + " | " + " | ".join(
+        f"precision: {name}" for name, _ in columns[:2]
+    )
+    alignment = "|" + " --- |" + " ---: |" * (1 + len(columns) + len(columns[:2]))
+    lines = ["## Per class", "", f"| class | test images | {header} |", alignment]
+    recall = [recalls(confusion) for _, confusion in columns]
+    precision = [precisions(confusion) for _, confusion in columns[:2]]
+    for index, name in enumerate(names):
+        images = sum(columns[0][1][index])
+        cells = [_percent(r[index]) for r in recall] + [_percent(p[index]) for p in precision]
+        lines.append(f"| {name} | {images} | " + " | ".join(cells) + " |")
+    balanced = [_percent(balanced_accuracy(confusion)) for _, confusion in columns]
+    lines.append("| **balanced accuracy** | | " + " | ".join(balanced) + " |" + " |" * len(precision))
+    return [*lines, "", "Balanced accuracy: the mean of the per-class recalls (the test split's class balance "
+            "does not weigh it). The confusion matrix of the int8 model is in the plots.", ""]  # fmt: skip
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1%}"
 
 
 def _memory_rewrite_section(artefacts: list) -> list[str]:

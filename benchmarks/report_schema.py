@@ -85,6 +85,8 @@ class DeviceRun(BaseModel):
     bit_exact: bool | None = Field(None, description="every int8 output equal to the host tflite-micro's")
     max_output_difference: int | None = None
     accuracy: float | None = None
+    balanced_accuracy: float | None = None
+    confusion: list[list[int]] | None = Field(None, description="firmware predictions: rows true, columns predicted")
     latency: McuLatency | None = None
     toolchain: str | None = None
     tflm_tree: str | None = None
@@ -118,6 +120,10 @@ class Artefact(BaseModel):
     path: str
     bytes: int
     accuracy: dict[str, float] = Field(default_factory=dict, description="test accuracy in each runtime")
+    balanced_accuracy: dict[str, float] = Field(default_factory=dict, description="mean per-class recall, per runtime")
+    confusion: dict[str, list[list[int]]] = Field(
+        default_factory=dict, description="per runtime: rows the true class, columns the predicted one"
+    )
     agreement: dict[str, float] = Field(default_factory=dict, description="top-1 agreement with PyTorch")
     host_latency: list[HostLatency] = Field(default_factory=list)
     mcu_latency: list[McuLatency] = Field(default_factory=list)
@@ -157,6 +163,9 @@ class Report(BaseModel):
     device: Device
     training: Summary | None = Field(None, description="what the run's training summary says, when there is one")
     student_accuracy: float | None = None
+    student_balanced_accuracy: float | None = None
+    student_confusion: list[list[int]] | None = None
+    class_names: list[str] = Field(default_factory=list)
     test_images: int | None = None
     artefacts: list[Artefact]
     verdict: Verdict | None

@@ -35,7 +35,7 @@ from edgekd.errors import RunDirError
 
 MARKER = ".edgekd-run"
 LOCK = ".edgekd-lock"
-PLOTS = ("training", "tradeoffs", "memory", "device_layers")
+PLOTS = ("training", "tradeoffs", "memory", "device_layers", "confusion")
 
 _held: dict[Path, int] = {}  # run directories this process holds locked, with a nesting count
 
@@ -318,6 +318,8 @@ class RuntimeResult(BaseModel):
     agreement: float = Field(description="top-1 agreement with the PyTorch student")
     max_logit_error: float
     seconds: float
+    balanced_accuracy: float | None = Field(None, description="mean per-class recall")
+    confusion: list[list[int]] | None = Field(None, description="rows: true class, columns: predicted")
 
 
 class ArtefactExport(BaseModel):
@@ -343,6 +345,9 @@ class ArtefactExport(BaseModel):
 class StudentInfo(BaseModel):
     model: str
     accuracy: float
+    balanced_accuracy: float | None = Field(None, description="mean per-class recall on the verified test images")
+    confusion: list[list[int]] | None = Field(None, description="rows: true class, columns: predicted")
+    class_names: list[str] = Field(default_factory=list)
     input: list[int] = Field(description="channels, height, width")
     mean: list[float]
     std: list[float]

@@ -17,6 +17,7 @@ from edgekd.checks import format_value
 from edgekd.data import DataBundle, load_data
 from edgekd.errors import DataError, EdgeKDError, ModelError
 from edgekd.exporters.formats import FORMATS, ExportJob, in_order
+from edgekd.metrics import balanced_accuracy
 from edgekd.models import create_model
 from edgekd.recipe import Recipe, parse_recipe
 from edgekd.rundir import ArtefactExport, ExportReport, RunDir, StudentInfo, atomic_save
@@ -79,6 +80,9 @@ def export_run(
             student=StudentInfo(
                 model=metadata["model"],
                 accuracy=job.student_accuracy,
+                balanced_accuracy=balanced_accuracy(job.student_confusion),
+                confusion=job.student_confusion,
+                class_names=list(data.class_names),
                 input=[data.in_chans, data.image_size, data.image_size],
                 mean=list(data.mean),
                 std=list(data.std),

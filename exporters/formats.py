@@ -27,6 +27,7 @@ from edgekd.checks import accuracy_drop, check, holds
 from edgekd.data import DataBundle
 from edgekd.exporters import c_array, mcu_project, memory_rewrite, onnx, tflite
 from edgekd.exporters.runtimes import LiteRTRunner, MicroRunner, OnnxRunner, Runner
+from edgekd.metrics import balanced_accuracy, confusion_matrix
 from edgekd.recipe import Recipe
 from edgekd.registry import FORMATS
 
@@ -94,18 +95,25 @@ class ExportJob:
     def student_accuracy(self) -> float:
         return float((self.reference.argmax(1) == self.test_labels).mean())
 
+    @property
+    def student_confusion(self) -> list[list[int]]:
+        return confusion_matrix(self.test_labels, self.reference.argmax(1), self.reference.shape[1])
+
     def compare(self, runner: Runner) -> dict[str, Any]:
         """Accuracy of the artefact, top-1 agreement with the PyTorch student, max |logit difference|, and
         which test images it classifies right (`right`, for the accuracy-drop test)."""
         started = time.perf_counter()
         logits = runner.predict(self.test_images.numpy())
         predictions = logits.argmax(1)
+        confusion = confusion_matrix(self.test_labels, predictions, self.reference.shape[1])
         return {
             "right": predictions == self.test_labels,
             "accuracy": float((predictions == self.test_labels).mean()),
             "agreement": float((predictions == self.reference.argmax(1)).mean()),
             "max_logit_error": float(np.abs(logits - self.reference).max()),
             "seconds": round(time.perf_counter() - started, 2),
+            "balanced_accuracy": balanced_accuracy(confusion),
+            "confusion": confusion,
         }
 
     def verify(self, runners: list[Runner], *, int8: bool) -> dict[str, Any]:

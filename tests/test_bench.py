@@ -188,6 +188,29 @@ def test_accuracy_budget():
     assert not verdict(artefact(), budget).passed, "an accuracy budget that cannot be measured does not pass"
 
 
+def test_balanced_accuracy_budget():
+    """balanced_accuracy= is judged on the int8 model's mean per-class recall, beside top-1."""
+    budget = parse_budget("accuracy=90%,balanced_accuracy=80%", load_device("256k-1m"))
+    model = artefact()
+    model.accuracy, model.balanced_accuracy = {"tflite-micro": 0.95}, {"tflite-micro": 0.79}
+    found = verdict(model, budget, test_images=1000)
+    assert not found.passed and [c.name for c in found.failed] == ["balanced accuracy"]
+    model.balanced_accuracy = {"tflite-micro": 0.81}
+    assert verdict(model, budget, test_images=1000).passed
+
+
+def test_per_class_figures():
+    from edgekd.metrics import balanced_accuracy, confusion_matrix, precisions, recalls
+
+    labels = np.array([0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 2])
+    predicted = np.array([0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0])  # 2 is a minority class never predicted
+    confusion = confusion_matrix(labels, predicted, 4)
+    assert confusion[0] == [8, 0, 0, 0] and confusion[1] == [1, 1, 0, 0] and confusion[2] == [1, 0, 0, 0]
+    assert recalls(confusion) == [1.0, 0.5, 0.0, None]  # class 3 has no test image
+    assert precisions(confusion) == [0.8, 1.0, None, None]
+    assert balanced_accuracy(confusion) == pytest.approx(0.5)  # top-1 says 9/11 = 82 %
+
+
 def test_bundled_devices_load():
     assert {"cortex-m4", "stm32f746", "stm32h743", "256k-1m"} <= set(bundled_devices())
     h7 = load_device("stm32h743")

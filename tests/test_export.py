@@ -235,6 +235,7 @@ def test_compare_counts_agreement():
     result = job.compare(Fixed())
     assert result["agreement"] == pytest.approx(2 / 3) and result["accuracy"] == pytest.approx(2 / 3)
     assert result["max_logit_error"] == pytest.approx(1.0)
+    assert result["confusion"] == [[1, 0], [1, 1]] and result["balanced_accuracy"] == pytest.approx(0.75)
 
 
 def with_export_settings(run_dir, **settings):

@@ -49,6 +49,13 @@ def test_run_produces_a_complete_report(digits_run):
     else:
         assert [c.name for c in parsed.verdict.constraints] == ["SRAM", "flash", "latency"]
         assert on_device.reason
-    for plot in ("training.png", "tradeoffs.png", "memory.png"):
+    for plot in ("training.png", "tradeoffs.png", "memory.png", "confusion.png"):
         assert (run_dir / plot).stat().st_size > 10_000
     assert "## Verdict: PASS" in (run_dir / "report.md").read_text()
+    # Per class: the PyTorch student, the int8 model in TFLite Micro and (when it ran) the firmware.
+    assert len(parsed.class_names) == 10 and sum(map(sum, parsed.student_confusion)) == parsed.test_images
+    assert 0.5 < device.balanced_accuracy["tflite-micro"] <= 1 and len(device.confusion["tflite-micro"]) == 10
+    if on_device.status == "measured":
+        assert sum(map(sum, on_device.confusion)) == on_device.images and on_device.balanced_accuracy > 0.5
+    per_class = (run_dir / "report.md").read_text().split("## Per class")[1].split("\n## ")[0]
+    assert "| **balanced accuracy** |" in per_class and per_class.count("\n| ") >= 12  # header + 10 classes + it
