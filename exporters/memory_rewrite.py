@@ -112,7 +112,7 @@ def _choose(data: bytes, settings, sram_budget: int, scratch: Path) -> tuple[Can
     target = sram_budget - (before["total"] - profile.peak_bytes)
     grouped = _grouped(data, settings.memory_groups, target, scratch)
     if grouped is not None and grouped.arena["total"] <= sram_budget:
-        return grouped, "the fewest channel groups that fit (no extra MACs)"
+        return grouped, "the fewest channel groups that fit, no extra MACs"
     found = [c for c in [grouped, *_patch_candidates(data, settings, scratch)] if c is not None]
     fitting = [c for c in found if c.arena["total"] <= sram_budget]
     if fitting:
