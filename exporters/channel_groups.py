@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgekd.benchmarks.memory import analyse
-from edgekd.exporters.graph_edit import RewriteError, concatenation, drop_unused_buffers, new_tensor
+from edgekd.exporters.graph_edit import RewriteError, activation_like, concatenation, drop_unused_buffers, new_tensor
 from edgekd.exporters.tflite import builtin_code, constant_values, drop_unused_tensors, flatbuffer_schema, pack
 
 MAX_GROUPS = 10  # TFLite Micro's CONCATENATION takes at most 10 inputs
@@ -115,8 +115,9 @@ def _grouped(model, conv, depthwise, groups: int) -> list:
     operators, parts = [], []
     for start, stop in channel_slices(int(narrow.shape[-1]), groups):
         conv_part, depthwise_part = copy.deepcopy(conv), copy.deepcopy(depthwise)
-        wide_part = new_tensor(graph, _activation_slice(wide, stop - start))
-        narrow_part = new_tensor(graph, _activation_slice(narrow, stop - start))
+        suffix = f"/c{stop - start}"
+        wide_part = activation_like(graph, int(conv.outputs[0]), [*wide.shape[:-1], stop - start], suffix)
+        narrow_part = activation_like(graph, int(depthwise.outputs[0]), [*narrow.shape[:-1], stop - start], suffix)
         conv_part.inputs = np.array(
             [int(conv.inputs[0]), _constant_slice(model, int(conv.inputs[1]), 0, start, stop)]
             + [_constant_slice(model, int(t), 0, start, stop) if t >= 0 else -1 for t in conv.inputs[2:]],
@@ -133,15 +134,6 @@ def _grouped(model, conv, depthwise, groups: int) -> list:
         parts.append(narrow_part)
     operators.append(concatenation(model, parts, int(depthwise.outputs[0]), axis=3))
     return operators
-
-
-def _activation_slice(tensor, channels: int):
-    part = copy.deepcopy(tensor)
-    part.shape = np.array([*tensor.shape[:-1], channels], dtype=np.int32)
-    if part.shapeSignature is not None:
-        part.shapeSignature = np.array([*tensor.shapeSignature[:-1], channels], dtype=np.int32)
-    part.name = (tensor.name or b"") + f"/c{channels}".encode()
-    return part
 
 
 def _constant_slice(model, tensor_index: int, axis: int, start: int, stop: int) -> int:
