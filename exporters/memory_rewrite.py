@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.benchmarks.compute import layer_macs
-from edgekd.benchmarks.memory import analyse
+from edgekd.benchmarks.memory import MemoryProfile, analyse
 from edgekd.exporters.channel_groups import describe, group_sites, plan_groups, split_channel_groups
 from edgekd.exporters.graph_edit import RewriteError
 from edgekd.exporters.runtimes import measure_arena
@@ -99,10 +99,12 @@ def _patch_candidates(data: bytes, settings, scratch: Path) -> list[Candidate]:
     return found
 
 
-def _choose(data: bytes, settings, sram_budget: int, scratch: Path) -> tuple[Candidate | None, str]:
-    """The rewrite export.memory asks for, and why (None: keep the graph)."""
-    mode, before = settings.memory, _arena(data, scratch)
-    profile = analyse(data)
+def _choose(
+    data: bytes, settings, sram_budget: int, before: dict[str, int], profile: MemoryProfile, scratch: Path
+) -> tuple[Candidate | None, str]:
+    """The rewrite export.memory asks for, and why (None: keep the graph). `before`, `profile`: the converted
+    graph's arena and memory profile."""
+    mode = settings.memory
     if mode == "groups":
         return _grouped(data, settings.memory_groups, None, scratch), "export.memory: groups"
     if mode == "patches":
@@ -137,14 +139,14 @@ def rewrite_for_memory(path: Path, settings, sram_budget: int) -> dict:
         fits = f"the arena ({before['total']:,} B) fits the SRAM budget ({sram_budget:,} B) as exported"
         return {**found, "reason": fits}
     with tempfile.TemporaryDirectory() as folder:
-        chosen, why = _choose(data, settings, sram_budget, Path(folder) / "candidate.tflite")
+        chosen, why = _choose(data, settings, sram_budget, before, profile, Path(folder) / "candidate.tflite")
     if chosen is None or chosen.arena["total"] >= before["total"]:
         where = f"op {profile.peak_layer} ({profile.peak.op})"
         return {**found, "reason": f"no rewrite lowers the arena (its peak is at {where}); the graph is kept"}
     original = path.with_suffix(".unrewritten.tflite")
     original.write_bytes(data)
     path.write_bytes(chosen.data)
-    after = measure_arena(path)
+    after = chosen.arena  # measured on these very bytes while choosing
     verdict = "under" if after["total"] <= sram_budget else "still above"
     extra = chosen.macs / found["macs_before"] - 1
     reason = (f"{chosen.what}: arena {before['total']:,} → {after['total']:,} B, {verdict} the SRAM budget of "
