@@ -1,5 +1,6 @@
 """Distillation methods beyond KD: each loss against a hand computation, and gradients only where due."""
 
+import copy
 import math
 
 import numpy as np
@@ -173,6 +174,48 @@ def test_prokt_teacher_moves_by_its_own_optimiser_only():
     method.eval()
     method(images, labels)
     assert all(torch.equal(f, p) for f, p in zip(frozen, teacher.parameters(), strict=True)), "no teacher step in eval"
+
+
+def test_prokt_teacher_chases_the_students_train_mode_outputs_from_one_forward(monkeypatch):
+    """The teacher's target is the student's output as the student's own loss sees it (train mode, batch
+    statistics), as in the authors' loop; eval-mode outputs from untrained running statistics are noise."""
+    student, teacher = pair()
+    modes, targets = [], []
+    student.register_forward_pre_hook(lambda module, args: modes.append(module.training))
+
+    def spy(teacher_logits, student_logits, labels, kl_weight):
+        targets.append(student_logits)
+        return teacher_loss(teacher_logits, student_logits, labels, kl_weight)
+
+    monkeypatch.setattr("edgekd.methods.prokt.teacher_loss", spy)
+    method = ProKT(student, teacher, teacher_lr=0.01, kl_weight=0.4, temperature=1.0, w_ce=0.0).train()
+    logits, _ = method(*batch())
+    assert modes == [True], "one student forward per step, in train mode"
+    assert torch.equal(targets[0], logits.detach()) and not targets[0].requires_grad
+
+
+def test_prokt_teacher_optimiser_state_survives_resume():
+    """--resume restores the teacher and its AdamW moments: the next step is the one an unbroken run takes."""
+    images, labels = batch()
+
+    def method(seed):
+        student, teacher = pair(seed)
+        optimizer = torch.optim.AdamW(teacher.parameters(), lr=0.01)
+        return ProKT(student, teacher, teacher_optimizer=optimizer, teacher_lr=0.01, kl_weight=0.4,
+                     temperature=1.0, w_ce=0.0).train()  # fmt: skip
+
+    unbroken = method(0)
+    for _ in range(3):
+        unbroken(images, labels)
+    saved = copy.deepcopy(unbroken.extra_state())
+    resumed = method(1)  # other weights: everything must come from the saved state
+    resumed.student.load_state_dict(unbroken.student.state_dict())
+    resumed.load_extra_state(saved)
+    assert resumed.teacher_optimizer.state_dict()["state"][0]["step"] == 3
+    unbroken(images, labels)
+    resumed(images, labels)
+    for kept, restored in zip(unbroken.teacher.parameters(), resumed.teacher.parameters(), strict=True):
+        assert torch.allclose(kept, restored, atol=1e-6)
 
 
 def test_prokt_on_a_toy_problem_teacher_learns_and_stays_reachable():
