@@ -136,7 +136,12 @@ def run_seed(base: str, method: str, seed: int, options: dict, every: int, conso
         method_class.start_epoch = original
     shutil.rmtree(folder, ignore_errors=True)
     return {"seed": seed, "test": result.test_accuracy, "val": result.val_accuracy, "curve": recorder.rows,
-            "seconds": time.perf_counter() - started}  # fmt: skip
+            "seconds": time.perf_counter() - started, **baseline_scores(baseline[1])}  # fmt: skip
+
+
+def baseline_scores(result) -> dict:
+    """The seed's baseline (the student alone, same data and schedule), beside which a variant is judged."""
+    return {"baseline_val": result.val_accuracy, "baseline_test": result.test_accuracy}
 
 
 def parse_value(text: str):
@@ -175,31 +180,60 @@ def main() -> None:
     write_section(*section(args, record, label))
 
 
+SHOWN_EPOCHS = (0, 10, 20, 30, 50, 70, 100)  # of the recorded epochs, those the section's curves show
+
+
+def per_seed(runs: list[dict], key: str) -> str:
+    return " / ".join(f"{run[key]:.1%}" if key in run else "–" for run in runs)
+
+
+def mean_of(runs: list[dict], key: str) -> str:
+    return f"{sum(run[key] for run in runs) / len(runs):.1%}" if all(key in run for run in runs) else "–"
+
+
+def summary(variants: dict) -> list[str]:
+    """Validation (what a choice may look at) and test per seed, beside the baseline of the same seed."""
+    lines = [
+        "| variant | seeds | val per seed | val mean | baseline val mean | test per seed | baseline test |",
+        "| --- | --- | --- | ---: | ---: | --- | --- |",
+    ]
+    for name, entry in variants.items():
+        runs = entry["runs"]
+        seeds = ", ".join(str(run["seed"]) for run in runs)
+        lines.append(
+            f"| {name} | {seeds} | {per_seed(runs, 'val')} | {mean_of(runs, 'val')} | "
+            f"{mean_of(runs, 'baseline_val')} | {per_seed(runs, 'test')} | {per_seed(runs, 'baseline_test')} |"
+        )
+    return lines
+
+
 def section(args, record: Path, label: str) -> tuple[str, str, str]:
-    """One table per recorded variant of this method and base: the curves at each recorded epoch."""
+    """A summary of every recorded variant of this method and base, then each one's curves."""
+    del label
     variants = {}
     for line in record.read_text().splitlines():
         entry = json.loads(line)
         variants[entry["label"]] = entry  # the latest run of each variant
-    blocks = []
+    blocks = ["\n".join(summary(variants))]
     for name, entry in variants.items():
         runs = entry["runs"]
         keys = [k for k in runs[0]["curve"][0] if k != "epoch"]
         head = "| seed | epoch | " + " | ".join(keys) + " |"
-        lines = [f"**{name}** — test accuracy per seed: "
-                 + ", ".join(f"seed {r['seed']} {r['test']:.1%}" for r in runs), "", head,
-                 "| " + " | ".join(["---:"] * (len(keys) + 2)) + " |"]  # fmt: skip
+        lines = [f"**{name}**", "", head, "| " + " | ".join(["---:"] * (len(keys) + 2)) + " |"]
         for run in runs:
             for row in run["curve"]:
+                if row["epoch"] not in SHOWN_EPOCHS:
+                    continue
                 cells = [f"{row[k]:.1%}" if k.endswith(("val", "mode")) else f"{row[k]:.3f}" for k in keys]
                 lines.append(f"| {run['seed']} | {row['epoch']} | " + " | ".join(cells) + " |")
         blocks.append("\n".join(lines))
     body = (
         f"Method `{args.method}` on base `{args.base}`, one process × 1 thread; every variant recorded in "
-        f"`{record.relative_to(ROOT)}` (one table each, the latest run). Validation split; *_val are "
-        "accuracies, teacher_val_ce the teacher's cross-entropy, kl_teacher_student KL(p_T ‖ p_S) at T = 1, "
-        "teacher_bn_drift the mean absolute change of the teacher's BatchNorm running means and standard "
-        "deviations since epoch 0.\n\n" + "\n\n".join(blocks)
+        f"`{record.relative_to(ROOT)}` (the latest run of each). Validation split, except the test columns; "
+        "*_val are accuracies, teacher_val_ce the teacher's cross-entropy, kl_teacher_student KL(p_T ‖ p_S) "
+        "at T = 1, teacher_bn_drift the mean absolute change of the teacher's BatchNorm running means and "
+        f"standard deviations since epoch 0. Curves at epochs {', '.join(map(str, SHOWN_EPOCHS))}.\n\n"
+        + "\n\n".join(blocks)
     )
     script = "python benchmarks/suite/teacher_curves.py"
     command = f"{script} --method {args.method} --base {args.base} --seeds {args.seeds}"
