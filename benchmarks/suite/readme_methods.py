@@ -1,6 +1,9 @@
 """Put the "Which method helps" table into README.md, between `<!-- methods:start -->` and
 `<!-- methods:end -->`, from the two methods sections of benchmarks/RESULTS.md (written by methods.py),
-so the README never shows typed-in numbers.
+so the README never shows typed-in numbers. A section for a subset of methods on the same base
+(`distillation methods: quickstart (kd, prokt)`, written when methods.py runs a subset, e.g. after a method
+changed) replaces those rows; their gain is measured against that section's own baseline, run beside them,
+and the row is marked so a reader knows it comes from a later run.
 
     python benchmarks/suite/readme_methods.py      (`make readme` runs it too)
 
@@ -60,21 +63,42 @@ def cell(row: Row | None, baseline: Row, name: str) -> str:
     return f"{text} (**{shown}**)" if abs(gain) > row.std + baseline.std else f"{text} ({shown})"
 
 
+def subsets(results: str, name: str) -> list[str]:
+    """The subset sections of the base `name` (methods.py names them `<name> (<methods>)`), in file order."""
+    return re.findall(rf"<!-- section:({re.escape(name)} \([^)]*\)) -->", results)
+
+
 def table(results: str) -> str:
     settings = {name: read_section(results, name) for name in SETTINGS}
     methods: list[str] = []  # the rows of the fullest table first, in its order
     for rows, _ in sorted(settings.values(), key=lambda setting: -len(setting[0])):
         methods += [name for name in rows if name not in methods]
+    later: dict[str, dict[str, tuple[Row, Row]]] = {name: {} for name in SETTINGS}  # method → (row, its baseline)
+    commands = [command for _, command in settings.values()]
+    for name in SETTINGS:
+        for subset in subsets(results, name):
+            rows, command = read_section(results, subset)
+            later[name] |= {method: (row, rows[BASELINE]) for method, row in rows.items() if method != BASELINE}
+            commands.append(command)
     lines = [
         "| method | " + " | ".join(SETTINGS.values()) + " |",
         "| --- |" + " ---: |" * len(SETTINGS),
     ]
     for method in methods:
-        cells = [cell(rows.get(method), rows[BASELINE], method) for rows, _ in settings.values()]
+        cells = []
+        for name, (rows, _) in settings.items():
+            if method in later[name]:
+                row, baseline = later[name][method]
+                cells.append(cell(row, baseline, method) + " †")
+            else:
+                cells.append(cell(rows.get(method), rows[BASELINE], method))
         label = "baseline (student alone)" if method == BASELINE else method
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    commands = "; ".join(f"`{command}`" for _, command in settings.values())
-    return "\n".join(lines) + f"\n\nFrom `benchmarks/RESULTS.md`, written by {commands}."
+    marked = any(later.values())
+    note = (" † a later run of that method beside its own baseline (the subset sections of RESULTS.md); its "
+            "gain is against that baseline.") if marked else ""  # fmt: skip
+    listed = "; ".join(f"`{command}`" for command in commands)
+    return "\n".join(lines) + f"\n\nFrom `benchmarks/RESULTS.md`, written by {listed}.{note}"
 
 
 def main() -> None:
