@@ -171,8 +171,10 @@ def _per_class_section(report: Report) -> list[str]:
     if not columns:
         return []
     names = report.class_names or [str(c) for c in range(len(columns[0][1]))]
-    header = " | ".join(f"recall: {name}" for name, _ in columns) + " | " + " | ".join(
-        f"precision: {name}" for name, _ in columns[:2]
+    header = (
+        " | ".join(f"recall: {name}" for name, _ in columns)
+        + " | "
+        + " | ".join(f"precision: {name}" for name, _ in columns[:2])
     )
     alignment = "|" + " --- |" + " ---: |" * (1 + len(columns) + len(columns[:2]))
     lines = ["## Per class", "", f"| class | test images | {header} |", alignment]

@@ -18,8 +18,15 @@ def train_quietly(stage, method, config, data, runtime, folder: Path, **options)
 
     from edgekd.train import StageOptions, train_stage
 
-    settings = StageOptions(seed=0, batch_size=16, workers=0, checkpoint=folder / "checkpoints" / f"{stage}.last.pt",
-                            metrics=MetricsLog(folder / "metrics.csv"), console=Console(quiet=True), **options)
+    settings = StageOptions(
+        seed=0,
+        batch_size=16,
+        workers=0,
+        checkpoint=folder / "checkpoints" / f"{stage}.last.pt",
+        metrics=MetricsLog(folder / "metrics.csv"),
+        console=Console(quiet=True),
+        **options,
+    )
     return train_stage(stage, method, config, data, runtime, settings)  # fmt: skip
 
 
