@@ -1,0 +1,140 @@
+"""The Cortex-M4 cycle model (exporters/firmware/cycles/cortex_m_cycles.c, a QEMU TCG plugin) on hand-written
+loops whose timing the Cortex-M4 TRM gives: per iteration, cycles are the table's sums exactly, a taken
+branch costs 1 + refill and a branch that falls through 1, and a run repeats to the cycle."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from edgekd import firmware
+
+PLUGIN_SOURCE = Path(__file__).resolve().parents[1] / "exporters" / "firmware" / "cycles" / "cortex_m_cycles.c"
+
+# A bare-metal image for QEMU's mps2-an386 (Cortex-M4): vector table, then `BODY` ITERATIONS times between
+# calls to window_start and window_stop, whose blocks the plugin's window is bound to; semihosting exit.
+PROGRAM = """
+  .syntax unified
+  .cpu cortex-m4
+  .thumb
+  .text
+  .word 0x20010000
+  .word reset
+  .thumb_func
+reset:
+  ldr r1, =values
+  movs r0, #0
+  ldr r4, =ITERATIONS
+  bl window_start
+loop:
+BODY
+  subs r4, #1
+  bne loop
+  bl window_stop
+  movs r0, #0x18
+  ldr r1, =0x20026
+  bkpt 0xab
+  .ltorg
+  .thumb_func
+  .global window_start
+window_start:
+  bx lr
+  .thumb_func
+  .global window_stop
+window_stop:
+  bx lr
+  .data
+values: .word 0x00010002, 0x00030004
+"""
+
+
+@pytest.fixture(scope="module")
+def toolchain():
+    try:
+        found = firmware.find_toolchain()
+    except firmware.DeviceSetupError as exc:
+        if os.environ.get("EDGEKD_REQUIRE_DEVICE") == "1":
+            pytest.fail(f"EDGEKD_REQUIRE_DEVICE=1 but {exc}")
+        pytest.skip(str(exc))
+    if shutil.which("cc") is None:
+        pytest.skip("no host C compiler (cc) to build the QEMU plugin")
+    return found
+
+
+@pytest.fixture(scope="module")
+def plugin(toolchain, tmp_path_factory) -> Path:
+    library = tmp_path_factory.mktemp("plugin") / "libcortex_m_cycles.so"
+    subprocess.run(["cc", "-O2", "-Wall", "-Werror", "-shared", "-fPIC", "-o", library, PLUGIN_SOURCE], check=True)
+    return library
+
+
+def window_cycles(
+    toolchain, plugin: Path, folder: Path, body: str, iterations: int, refill: int = 2
+) -> tuple[int, int]:
+    """(instructions, cycles) between window_start and window_stop."""
+    source = folder / f"loop{iterations}.S"
+    elf = source.with_suffix(".elf")
+    source.write_text(PROGRAM.replace("BODY", body).replace("ITERATIONS", str(iterations)))
+    subprocess.run(
+        [f"{toolchain.prefix}gcc", "-mcpu=cortex-m4", "-mthumb", "-nostdlib",
+         "-Wl,-Ttext=0x0,-Tdata=0x20000000,-e,reset", "-o", elf, source],
+        check=True,
+    )  # fmt: skip
+    symbols = subprocess.run([f"{toolchain.prefix}nm", elf], capture_output=True, text=True, check=True).stdout
+    address = {line.split()[2]: int(line.split()[0], 16) for line in symbols.splitlines() if len(line.split()) == 3}
+    run = subprocess.run(
+        [toolchain.qemu, "-M", "mps2-an386", "-nographic", "-monitor", "none", "-serial", "null",
+         "-semihosting-config", "enable=on,target=native", "-kernel", elf, "-d", "plugin", "-plugin",
+         f"{plugin},refill={refill},start={address['window_start']:#x},stop={address['window_stop']:#x}"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    window = [line.split() for line in (run.stdout + run.stderr).splitlines() if line.startswith("cycles_window")]
+    assert len(window) == 1, run.stdout + run.stderr
+    return int(window[0][1]), int(window[0][2])
+
+
+def per_iteration(toolchain, plugin, folder, body, refill=2) -> tuple[float, float]:
+    """Instructions and cycles of one iteration: the difference between 200 and 100 iterations, over 100."""
+    insns_100, cycles_100 = window_cycles(toolchain, plugin, folder, body, 100, refill)
+    insns_200, cycles_200 = window_cycles(toolchain, plugin, folder, body, 200, refill)
+    return (insns_200 - insns_100) / 100, (cycles_200 - cycles_100) / 100
+
+
+MAC_BODY = """
+  ldr r2, [r1]
+  ldr r3, [r1, #4]
+  smlad r0, r2, r3, r0
+  smlad r0, r2, r3, r0
+"""
+
+
+@pytest.mark.parametrize("refill", [1, 2, 3])
+def test_cmsis_nn_style_mac_loop_takes_the_trm_cycles(toolchain, plugin, tmp_path, refill):
+    # LDR 2, a second LDR pipelined behind it 1, SMLAD 1 + 1, SUBS 1, BNE taken 1 + refill
+    instructions, cycles = per_iteration(toolchain, plugin, tmp_path, MAC_BODY, refill)
+    assert instructions == 6
+    assert cycles == 2 + 1 + 1 + 1 + 1 + (1 + refill)
+
+
+def test_a_branch_that_falls_through_costs_one_cycle(toolchain, plugin, tmp_path):
+    # CMP 1, BEQ not taken 1 (the next block starts where the branch's ends), SUBS 1, BNE taken 1 + 2
+    body = "  cmp r4, #0\n  beq loop\n  nop\n"  # r4 counts down from ITERATIONS to 1 here
+    instructions, cycles = per_iteration(toolchain, plugin, tmp_path, body)
+    assert instructions == 5
+    assert cycles == 1 + 1 + 1 + 1 + (1 + 2)
+
+
+def test_multiple_loads_and_stores_take_one_plus_n(toolchain, plugin, tmp_path):
+    # PUSH {r2, r3} 3, POP {r2, r3} 3, SUBS 1, BNE 3
+    instructions, cycles = per_iteration(toolchain, plugin, tmp_path, "  push {r2, r3}\n  pop {r2, r3}\n")
+    assert instructions == 4
+    assert cycles == 3 + 3 + 1 + 3
+
+
+def test_the_count_repeats_exactly(toolchain, plugin, tmp_path):
+    first = window_cycles(toolchain, plugin, tmp_path, MAC_BODY, 100)
+    assert window_cycles(toolchain, plugin, tmp_path, MAC_BODY, 100) == first
