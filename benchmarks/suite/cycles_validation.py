@@ -134,12 +134,10 @@ def main() -> None:
         "| error | source |",
         "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
-    errors = []
     for row in PUBLISHED:
         instructions, cycles = measured[row.file]
         predicted_ms = 1000 * cycles / (row.clock_mhz * 1e6)
         error = predicted_ms / row.latency_ms - 1
-        errors.append((row, error))
         lines.append(
             f"| {row.file} | {row.board} | {row.clock_mhz:g} MHz | {row.software} | {row.latency_ms:.2f} ms | "
             f"{instructions:,} | {cycles:,} | {predicted_ms:.2f} ms | {error:+.1%} | {row.source} |"
