@@ -155,7 +155,7 @@ def parse_value(text: str):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--method", default="prokt")
+    parser.add_argument("--method", required=True, help="a registered method with a moving teacher")
     parser.add_argument("--base", default="mnist5k_low_data")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--set", action="append", default=[], help="KEY=VALUE: a method option to change")
