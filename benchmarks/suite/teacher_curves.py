@@ -14,6 +14,7 @@ statistics' mean distance from where they started. The final test accuracy close
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import time
@@ -98,11 +99,13 @@ class Recorder:
 def run_seed(base: str, method: str, seed: int, options: dict, every: int, console: Console) -> dict:
     reference = load_recipe(base).model_copy(update={"seed": seed})
     training = reference.distill.model_dump(include=set(TrainConfig.model_fields))
-    distill = load_recipe(METHODS.get(method).recipe).distill.model_copy(update={**training, **options})
+    entry = METHODS.get(method)
+    distill = load_recipe(entry.recipe).distill.model_copy(update={**training, **options})
     recipe = reference.model_copy(update={"distill": distill})
     data = load_data(recipe.data, seed)
     shared = cache_dir() / "teacher_curves" / f"{reference.name}-seed{seed}"
-    folder = shared.parent / f"{shared.name}-{method}-{abs(hash(json.dumps(options, sort_keys=True))):x}"
+    variant = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:12]
+    folder = shared.parent / f"{shared.name}-{method}-{variant}"  # the same name on a rerun, which replaces it
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     if not RunDir(shared).weights("baseline").is_file():  # the seed's teacher and baseline, trained once
@@ -115,7 +118,6 @@ def run_seed(base: str, method: str, seed: int, options: dict, every: int, conso
         shutil.copy(RunDir(shared).weights(stage), RunDir(folder).weights(stage))
     session = Session.open(recipe, RunDir(folder), data, console, resume=True)
     recorder = Recorder(Batches(data.val, 250, shuffle=False))
-    entry = METHODS.get(method)
     method_class = entry.method
     original = method_class.start_epoch
 
