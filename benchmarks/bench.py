@@ -431,7 +431,10 @@ def _on_device(
         log=lambda text: console.print(text, highlight=False),
     )
     console.print(
-        f"  {run.target}: {run.instructions_mean / 1e6:,.3f} M instructions/inference, "
+        f"  {run.target}: {run.instructions_mean / 1e6:,.3f} M instructions/inference"
+        + (f", {run.cycles_mean / 1e6:,.3f} M cycles" if run.cycles_mean is not None else "")
+        + (f" = {run.latency.ms:,.1f} ms ± {run.latency.high_ms / run.latency.ms - 1:.0%}" if run.latency else "")
+        + ", "
         f"arena {run.arena_used_bytes:,} B, "
         f"firmware flash {run.flash_bytes:,} B, agreement with host {run.agreement_with_host:.0%}"
         + (" (bit-exact)" if run.bit_exact else " (outputs differ)"),

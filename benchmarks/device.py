@@ -7,12 +7,15 @@ The procedure, in order:
    cannot hold, before building.
 2. Build it with the Arm GNU toolchain (the TFLM library once per tree/core/flags, cached).
 3. Boot it once in QEMU with `-icount shift=0` and feed it N test images: one warm-up inference, then
-   one timed inference per image (instructions = timer ticks × 40), then one more inference of the
-   first image with TFLM's MicroProfiler attached, operator by operator.
+   one timed inference per image, then one more inference of the first image with TFLM's MicroProfiler
+   attached, operator by operator. The cycle-model plugin (the profile's `cycle_model`: the core's
+   instruction timings, branch refill, flash wait states) counts instructions and cycles between the
+   firmware's own timer reads.
 4. Compare every int8 output with the host tflite-micro interpreter's (expected: bit-identical).
-5. Report instructions per inference (mean, min, max), per layer, the arena the 32-bit build used,
-   the firmware's flash by component, and latency = instructions × cycles per instruction ÷ clock with
-   the device profile's CPI range and its source.
+5. Report instructions and cycles per inference (mean, min, max), per layer, the arena the 32-bit build
+   used, the firmware's flash by component, and latency = cycles ÷ clock ± the error the validation
+   measured against real boards. Where no cycle model runs (a profile without one, a QEMU without
+   plugins), latency falls back to instructions × the profile's cycles-per-instruction range, labelled.
 """
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ def measure(
 
     firmware = fw.build_firmware(project, target, tree, toolchain, log=log)
     started = time.perf_counter()
-    run = fw.run_firmware(firmware, inputs.reshape(len(inputs), -1), toolchain)
+    run = _run(firmware, inputs.reshape(len(inputs), -1), toolchain, device, log)
     log(
         f"  {target.name}: {len(inputs)} inferences in QEMU ({run.seconds:.1f} s); "
         f"build {firmware.seconds:.1f} s{' (TFLM library built)' if firmware.library_built else ''}"
@@ -99,6 +102,32 @@ def measure(
     })  # fmt: skip
 
 
+def cycle_model(device: Device) -> fw.CycleModel | None:
+    """What the plugin charges on this device, from its profile (None: the profile has no cycle model)."""
+    spec = device.cycle_model
+    if spec is None:
+        return None
+    if spec.flash is None:
+        return fw.CycleModel(refill=spec.branch_refill)
+    return fw.CycleModel(refill=spec.branch_refill, flash_wait=spec.flash.wait_states,
+                         flash_line=spec.flash.line_bytes, flash_lines=spec.flash.buffer_lines)  # fmt: skip
+
+
+def _run(firmware: fw.Firmware, inputs: np.ndarray, toolchain: fw.Toolchain, device: Device, log) -> fw.FirmwareRun:
+    """The firmware run under the device's cycle model, or without it (instructions only) when there is none
+    or this QEMU cannot load the plugin."""
+    model = cycle_model(device)
+    if model is not None:
+        try:
+            return fw.run_firmware(firmware, inputs, toolchain, cycles=model)
+        except fw.PluginUnsupported as exc:
+            log(f"  {exc}; latency falls back to instructions x cycles per instruction")
+            run = fw.run_firmware(firmware, inputs, toolchain)
+            run.cycles_unavailable = str(exc)
+            return run
+    return fw.run_firmware(firmware, inputs, toolchain)
+
+
 def _record(
     tflite_path: Path, target: fw.Target, device: Device, run: fw.FirmwareRun, host: np.ndarray,
     labels: np.ndarray | None,
@@ -106,28 +135,46 @@ def _record(
     """What the firmware run measured: instructions (per inference and per layer), arena, and its
     outputs against the host's (`host`: TFLite Micro's int8 outputs for the same inputs)."""
     per_tick = run.instructions_per_tick
-    instructions = np.array(run.ticks, dtype=np.float64) * per_tick
     outputs = run.outputs.reshape(host.shape)
-    mean = float(instructions.mean())
+    if run.cycles is not None:  # exact instructions from the plugin's stamps, and cycles
+        instructions = np.array([i for i, _ in run.cycles.inferences], dtype=np.float64)
+        cycles = np.array([c for _, c in run.cycles.inferences], dtype=np.float64)
+        timing = {
+            "instruction_resolution": 1,
+            "warmup_instructions": run.cycles.warmup[0],
+            "profiled_instructions": run.cycles.profile[0],
+            "cycles_mean": float(cycles.mean()),
+            "cycles_min": int(cycles.min()),
+            "cycles_max": int(cycles.max()),
+            "profiled_cycles": run.cycles.profile[1],
+            "cycle_model": describe(device),
+            "latency": latency_from_cycles(float(cycles.mean()), device),
+        }
+    else:
+        instructions = np.array(run.ticks, dtype=np.float64) * per_tick
+        timing = {
+            "instruction_resolution": int(per_tick),
+            "warmup_instructions": int(run.warmup_ticks * per_tick),
+            "profiled_instructions": int(run.profile_ticks * per_tick),
+            "cycle_model": run.cycles_unavailable or "the device profile has no cycle model",
+            "latency": latency_on_clock(float(instructions.mean()), device),
+        }
     return DeviceRun(
         target=target.name,
         core=target.core,
         machine=target.machine,
         status="measured",
         images=len(host),
-        instructions_mean=mean,
+        instructions_mean=float(instructions.mean()),
         instructions_min=int(instructions.min()),
         instructions_max=int(instructions.max()),
-        instruction_resolution=int(per_tick),
-        warmup_instructions=int(run.warmup_ticks * per_tick),
-        profiled_instructions=int(run.profile_ticks * per_tick),
         layers=_layers(tflite_path, run, per_tick),
         arena_used_bytes=run.arena_used,
         model_bytes=tflite_path.stat().st_size,
         agreement_with_host=float((outputs.argmax(1) == host.argmax(1)).mean()),
         bit_exact=bool(np.array_equal(outputs, host)),
         max_output_difference=int(np.abs(outputs.astype(int) - host.astype(int)).max()),
-        latency=latency_on_clock(mean, device),
+        **timing,
         **_per_class(outputs, labels),
     )
 
@@ -177,8 +224,10 @@ def _layers(tflite_path: Path, run: fw.FirmwareRun, per_tick: float) -> list[Dev
         raise fw.CheckFailed(
             f"the firmware's profile lists {len(run.op_ticks)} operators, the model has {len(op_names)}"
         )
+    exact = run.cycles.ops if run.cycles is not None else [(int(t * per_tick), None) for _, _, t in run.op_ticks]
     layers = []
-    for (index, tag, ticks), op, compute in zip(run.op_ticks, graph.operators, macs, strict=True):
+    for (index, tag, _), (instructions, cycles), op, compute in zip(run.op_ticks, exact, graph.operators, macs,
+                                                                    strict=True):  # fmt: skip
         shape = [int(d) for d in graph.tensors[int(op.outputs[0])].shape] if len(op.outputs) else []
         layers.append(
             DeviceLayer(
@@ -186,14 +235,45 @@ def _layers(tflite_path: Path, run: fw.FirmwareRun, per_tick: float) -> list[Dev
                 op=tag,
                 output_shape=shape,
                 macs=compute.macs if compute.op_class != "other" else 0,
-                instructions=int(ticks * per_tick),
+                instructions=instructions,
+                cycles=cycles,
             )
         )
     return layers
 
 
+def describe(device: Device) -> str:
+    spec = device.cycle_model
+    flash = (
+        f"flash {spec.flash.wait_states} wait states behind {spec.flash.buffer_lines} × {spec.flash.line_bytes}-byte "
+        "line buffer"
+        if spec.flash
+        else "zero-wait memory"
+    )
+    return f"{spec.timing} instruction timings, taken-branch refill {spec.branch_refill}, {flash}"
+
+
+def latency_from_cycles(cycles: float, device: Device) -> McuLatency | None:
+    """cycles ÷ clock, ± the relative error the validation measured for this cycle model."""
+    if device.clock_mhz is None:
+        return None
+    ms = cycles / (device.clock_mhz * 1e3)
+    error = device.cycle_model.error
+    return McuLatency(
+        runtime="tflm-cmsis-nn",
+        ms=ms,
+        low_ms=ms * (1 - error),
+        high_ms=ms * (1 + error),
+        basis=(
+            f"measured: {cycles / 1e6:,.3f} M cycles ({describe(device)}) ÷ {device.clock_mhz:g} MHz; "
+            f"± {error:.0%}: {device.cycle_model.error_source}"
+        ),
+    )
+
+
 def latency_on_clock(instructions: float, device: Device) -> McuLatency | None:
-    """instructions × cycles per instruction ÷ clock, over the profile's CPI range."""
+    """instructions × cycles per instruction ÷ clock, over the profile's CPI range: only where no cycle model
+    ran."""
     cost = device.instruction_cost
     if cost is None or device.clock_mhz is None:
         return None
@@ -204,8 +284,8 @@ def latency_on_clock(instructions: float, device: Device) -> McuLatency | None:
         low_ms=low,
         high_ms=high,
         basis=(
-            f"measured: {instructions / 1e6:,.2f} M instructions × {cost.cpi[0]:g}–{cost.cpi[1]:g} cycles/instruction "
-            f"÷ {device.clock_mhz:g} MHz ({cost.source})"
+            f"no cycle model: {instructions / 1e6:,.2f} M instructions × {cost.cpi[0]:g}–{cost.cpi[1]:g} "
+            f"cycles/instruction ÷ {device.clock_mhz:g} MHz ({cost.source})"
         ),
     )
 

@@ -118,20 +118,22 @@ def plot_device_layers(artefact: Artefact, out: Path) -> Path | None:
         return None
     ops = list(dict.fromkeys(layer.op for layer in run.layers))
     colours = {op: plt.get_cmap("tab10")(i % 10) for i, op in enumerate(ops)}
+    timed = run.profiled_cycles is not None and all(layer.cycles is not None for layer in run.layers)
+    unit, whole = ("cycles", run.profiled_cycles) if timed else ("instructions", run.profiled_instructions)
     fig, axis = plt.subplots(figsize=(10, 3.6))
     for op in ops:
         layers = [layer for layer in run.layers if layer.op == op]
         axis.bar(
             [layer.index for layer in layers],
-            [layer.instructions / 1e3 for layer in layers],
+            [(layer.cycles if timed else layer.instructions) / 1e3 for layer in layers],
             color=colours[op],
             label=op,
         )
     axis.set(
-        title=f"instructions per layer on the {run.core} "
-        f"(QEMU, one inference: {run.profiled_instructions / 1e6:,.2f} M)",
+        title=f"{unit} per layer on the {run.core} ({'cycle model' if timed else 'QEMU'}, one inference: "
+        f"{whole / 1e6:,.2f} M)",
         xlabel="layer (op order)",
-        ylabel="thousand instructions",
+        ylabel=f"thousand {unit}",
     )
     axis.legend(fontsize=8)
     fig.tight_layout()

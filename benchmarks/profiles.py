@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -40,6 +41,32 @@ class InstructionCost(BaseModel):
     cpi: tuple[float, float]
 
 
+class FlashMemory(BaseModel):
+    """Where the model's weights are read from on the board: flash behind a buffer of lines (the flash
+    accelerator). A read outside the buffered lines costs `wait_states` cycles more (the datasheet's wait
+    states at the profile's clock)."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: str
+    wait_states: int = Field(ge=0, le=15)
+    line_bytes: int = Field(16, gt=0)
+    buffer_lines: int = Field(1, ge=1, le=64)
+
+
+class CycleModel(BaseModel):
+    """Cycles on this board from the QEMU cycle-model plugin: the core's instruction timings (`timing`),
+    the taken-branch refill, and the flash's wait states. `error` is the relative error the validation
+    (`benchmarks/suite/cycles_validation.py`, benchmarks/RESULTS.md) measured for this model against real
+    boards: the report shows latency ± that."""
+
+    model_config = ConfigDict(extra="forbid")
+    timing: Literal["cortex-m4"] = "cortex-m4"
+    branch_refill: int = Field(2, ge=1, le=3)
+    flash: FlashMemory | None = None
+    error: float = Field(gt=0, lt=1)
+    error_source: str
+
+
 class Device(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
@@ -49,7 +76,8 @@ class Device(BaseModel):
     sram_kb: float = Field(gt=0)
     flash_kb: float = Field(gt=0)
     runtimes: dict[str, RuntimeCost] = Field(default_factory=dict)
-    instruction_cost: InstructionCost | None = None
+    instruction_cost: InstructionCost | None = None  # for cores without a cycle model
+    cycle_model: CycleModel | None = None
 
     @property
     def sram_bytes(self) -> int:

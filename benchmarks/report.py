@@ -6,6 +6,7 @@ from pathlib import Path
 
 from edgekd.benchmarks.report_schema import DeviceLayer, DeviceRun, Report, Verdict
 from edgekd.checks import Check, format_value
+from edgekd.firmware import TARGETS
 from edgekd.metrics import balanced_accuracy, precisions, recalls
 from edgekd.registry import METHODS
 from edgekd.rundir import Summary
@@ -272,16 +273,23 @@ def _device_section(report: Report) -> list[str]:
         parts = ", ".join(f"{p.name} {_kib(p.bytes)}" for p in run.flash_parts)
         latency = run.latency
         lines += [
-            f"{artefact.format} compiled with TensorFlow Lite Micro + CMSIS-NN for the {run.core} and run in QEMU "
-            f"({run.machine}, `-icount shift=0`): {run.images} {run.inputs} in one boot.",
+            f"{artefact.format} compiled with TensorFlow Lite Micro + CMSIS-NN for the {_built_for(run)} and run in "
+            f"QEMU ({run.machine}, `-icount shift=0`): {run.images} {run.inputs} in one boot. Cycle model: "
+            f"{run.cycle_model}.",
             "",
             "| figure | value | how |",
             "| --- | ---: | --- |",
             f"| instructions per inference | {run.instructions_mean / m:,.3f} M | mean of {run.images} timed "
             f"inferences after a warm-up (min {run.instructions_min / m:,.3f} M, "
             f"max {run.instructions_max / m:,.3f} M; "
-            f"±{run.instruction_resolution} per reading) |",
+            + ("exact) |" if run.instruction_resolution == 1 else f"±{run.instruction_resolution} per reading) |"),
         ]
+        if run.cycles_mean is not None:
+            lines.append(
+                f"| cycles per inference | {run.cycles_mean / m:,.3f} M | the cycle model, same inferences (min "
+                f"{run.cycles_min / m:,.3f} M, max {run.cycles_max / m:,.3f} M; "
+                f"{run.cycles_mean / run.instructions_mean:.2f} cycles per instruction) |"
+            )
         if latency is not None:
             lines.append(
                 f"| latency | {latency.ms:,.1f} ms ({latency.low_ms:,.1f}–{latency.high_ms:,.1f}) | {latency.basis} |"
@@ -300,42 +308,64 @@ def _device_section(report: Report) -> list[str]:
             lines.append(f"| accuracy on the device | {_percent(run.accuracy)} | on the {run.images} test images |")
         lines += ["", *_layer_tables(run), ""]
         lines += [
-            "QEMU counts instructions, not cycles: it models no pipeline, flash wait states or caches. The latency "
-            "turns instructions into time with the device profile's cycles-per-instruction range.",
+            "QEMU counts instructions exactly; the cycles come from a model of the core and its flash run inside "
+            "the same QEMU run (`exporters/firmware/cycles/cortex_m_cycles.c`), and the latency's band is that "
+            "model's error against real boards."
+            if run.cycles_mean is not None
+            else "QEMU counts instructions, not cycles, and no cycle model ran: the latency turns instructions into "
+            "time with the device profile's cycles-per-instruction range.",
             "",
         ]
     return lines
 
 
+def _built_for(run: DeviceRun) -> str:
+    """The core the firmware was compiled for, and the board's core when QEMU stands in with another."""
+    target = TARGETS.get(run.target)
+    if target is None or target.cpu == run.core:
+        return run.core
+    return f"{target.cpu} (standing in for the {run.core}: QEMU has no {run.core} board edgekd boots yet)"
+
+
 def _layer_tables(run: DeviceRun) -> list[str]:
-    total = sum(layer.instructions for layer in run.layers) or 1
+    """Per operator type and per layer: instructions, and cycles and cycles per MAC when the cycle model ran."""
+    timed = run.cycles_mean is not None and all(layer.cycles is not None for layer in run.layers)
+    unit, whole = ("cycles", run.profiled_cycles) if timed else ("instructions", run.profiled_instructions)
+
+    def cost(layer: DeviceLayer) -> int:
+        return layer.cycles if timed else layer.instructions
+
+    total = sum(cost(layer) for layer in run.layers) or 1
     by_op: dict[str, list[DeviceLayer]] = {}
     for layer in run.layers:
         by_op.setdefault(layer.op, []).append(layer)
+    extra = " | instructions" if timed else ""
     lines = [
-        f"Instructions by operator (one profiled inference, {run.profiled_instructions / 1e6:,.3f} M; "
-        f"the layers sum to {total / max(run.profiled_instructions or 1, 1):.1%} of it):",
+        f"{unit.capitalize()} by operator (one profiled inference, {(whole or 0) / 1e6:,.3f} M; "
+        f"the layers sum to {total / max(whole or 1, 1):.1%} of it):",
         "",
-        "| operator | layers | MACs | instructions | per MAC | share |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        f"| operator | layers | MACs{extra} | {unit} | per MAC | share |",
+        f"| --- | ---: | ---:{' | ---:' if timed else ''} | ---: | ---: | ---: |",
     ]
-    for op, layers in sorted(by_op.items(), key=lambda kv: -sum(layer.instructions for layer in kv[1])):
-        instructions = sum(layer.instructions for layer in layers)
+    for op, layers in sorted(by_op.items(), key=lambda kv: -sum(cost(layer) for layer in kv[1])):
+        spent = sum(cost(layer) for layer in layers)
         macs = sum(layer.macs for layer in layers)
-        per_mac = f"{instructions / macs:.2f}" if macs else "–"
-        lines.append(f"| {op} | {len(layers)} | {macs:,} | {instructions:,} | {per_mac} | {instructions / total:.1%} |")
+        per_mac = f"{spent / macs:.2f}" if macs else "–"
+        instructions = f" | {sum(layer.instructions for layer in layers):,}" if timed else ""
+        lines.append(f"| {op} | {len(layers)} | {macs:,}{instructions} | {spent:,} | {per_mac} | {spent / total:.1%} |")
     lines += [
         "",
         "<details><summary>Every layer</summary>",
         "",
-        "| # | operator | output | MACs | instructions | per MAC |",
-        "| ---: | --- | --- | ---: | ---: | ---: |",
+        f"| # | operator | output | MACs{extra} | {unit} | per MAC |",
+        f"| ---: | --- | --- | ---:{' | ---:' if timed else ''} | ---: | ---: |",
     ]
     for layer in run.layers:
-        per_mac = f"{layer.instructions / layer.macs:.2f}" if layer.macs else "–"
+        per_mac = f"{cost(layer) / layer.macs:.2f}" if layer.macs else "–"
+        instructions = f" | {layer.instructions:,}" if timed else ""
         lines.append(
-            f"| {layer.index} | {layer.op} | {'×'.join(map(str, layer.output_shape))} | {layer.macs:,} | "
-            f"{layer.instructions:,} | {per_mac} |"
+            f"| {layer.index} | {layer.op} | {'×'.join(map(str, layer.output_shape))} | {layer.macs:,}{instructions} | "
+            f"{cost(layer):,} | {per_mac} |"
         )
     lines += ["", "</details>"]
     return lines

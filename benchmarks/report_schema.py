@@ -51,6 +51,7 @@ class DeviceLayer(BaseModel):
     output_shape: list[int]
     macs: int
     instructions: int
+    cycles: int | None = Field(None, description="the cycle model's, when it ran")
 
 
 class FlashPart(BaseModel):
@@ -61,7 +62,7 @@ class FlashPart(BaseModel):
 class DeviceRun(BaseModel):
     """The int8 model compiled with TFLite Micro + CMSIS-NN for a Cortex-M core and run in QEMU."""
 
-    target: str = Field(description="qemu-m4 or qemu-m7")
+    target: str = Field(description="qemu-m4, qemu-m7 or qemu-m33")
     core: str
     machine: str = Field(description="the QEMU board")
     status: Literal["measured", "skipped"]
@@ -74,6 +75,11 @@ class DeviceRun(BaseModel):
     instruction_resolution: int | None = Field(None, description="instructions per timer tick: each figure is ± this")
     warmup_instructions: int | None = None
     profiled_instructions: int | None = Field(None, description="the inference profiled operator by operator")
+    cycles_mean: float | None = Field(None, description="per inference, the cycle model's, mean over the timed ones")
+    cycles_min: int | None = None
+    cycles_max: int | None = None
+    profiled_cycles: int | None = None
+    cycle_model: str | None = Field(None, description="what the cycle model charged, or why it did not run")
     layers: list[DeviceLayer] = Field(default_factory=list)
     arena_used_bytes: int | None = Field(None, description="arena_used_bytes() of the 32-bit build")
     arena_x86_bytes: int | None = None

@@ -137,7 +137,7 @@ def _print_verdict(report, source: Path) -> None:
 
 
 TARGET_HELP = (
-    "where to run the int8 model for real: qemu-m4 / qemu-m7 (TFLite Micro + CMSIS-NN firmware in QEMU), "
+    "where to run the int8 model for real: qemu-m4 / qemu-m7 / qemu-m33 (TFLite Micro + CMSIS-NN firmware in QEMU), "
     "auto (the device's core, when the Arm toolchain and a TFLM tree are present), none"
 )
 TFLM_HELP = "TensorFlow Lite Micro source tree (folder or tarball) for the device run (default: $EDGEKD_TFLM)"
@@ -317,7 +317,9 @@ def doctor(
         )
     stdout.print(table)
     if device_ready:
-        stdout.print("device run: ready (`edgekd bench --target qemu-m4|qemu-m7`; `auto` uses the device's core)")
+        stdout.print(
+            "device run: ready (`edgekd bench --target qemu-m4|qemu-m7|qemu-m33`; `auto` uses the device's core)"
+        )
     else:
         stdout.print(
             "device run: not possible here; `edgekd bench` reports the device figures as skipped. "

@@ -217,8 +217,8 @@ class BenchConfig(StrictModel):
     latency_seconds: float = Field(1.0, gt=0, description="length of each of the five latency windows")
     target: str = Field(
         "auto",
-        description="run the int8 firmware in QEMU (qemu-m4, qemu-m7): auto = the device's core, when a toolchain "
-        "is present; none = no device run",
+        description="run the int8 firmware in QEMU (qemu-m4, qemu-m7, qemu-m33): auto = the device's core, when a "
+        "toolchain is present; none = no device run",
     )
     device_images: int = Field(100, ge=1, description="test images fed through the firmware in one boot")
 

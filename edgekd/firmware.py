@@ -4,8 +4,10 @@ device runtime) both use it, so it sits below both.
 
 Plumbing only: find the toolchain and a TensorFlow Lite Micro source tree, build (the TFLM library
 once per tree, core, flags and compiler, in a cache), run the firmware under `-icount shift=0`
-(one guest instruction per nanosecond of virtual time), parse what it prints, and split its flash
-image by component. `edgekd.benchmarks.device` turns these into the report's figures.
+(one guest instruction per nanosecond of virtual time) with the cycle-model plugin
+(`exporters/firmware/cycles/cortex_m_cycles.c`, built once per source and compiler, in the cache), parse
+what it prints, and split its flash image by component. `edgekd.benchmarks.device` turns these into the
+report's figures.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -42,13 +45,21 @@ class DeviceSetupError(EdgeKDError):
 @dataclass(frozen=True)
 class Target:
     name: str
-    core: str
+    core: str  # the board's core, as device profiles name it
     machine: str  # QEMU board
+    build_core: str = ""  # the core the code is compiled for, when QEMU has no board with `core`
+
+    @property
+    def cpu(self) -> str:
+        return self.build_core or self.core
 
 
 TARGETS = {
     "qemu-m4": Target("qemu-m4", "cortex-m4", "mps2-an386"),
     "qemu-m7": Target("qemu-m7", "cortex-m7", "mps2-an500"),
+    # Code for the M4 (ARMv7E-M: the DSP instructions CMSIS-NN uses are the M33's too) on the M4 board, timed by
+    # the profile's cycle model. QEMU's M33 board (mps2-an505) boots in the secure state: its own startup, later.
+    "qemu-m33": Target("qemu-m33", "cortex-m33", "mps2-an386", build_core="cortex-m4"),
 }
 TARGET_FOR_CORE = {target.core: name for name, target in TARGETS.items()}
 TARGET_CHOICES = ("auto", "none", *TARGETS)  # auto: the device profile's core; none: no device run
@@ -251,7 +262,7 @@ def library_dir(project: Path, tree: Path, target: Target, toolchain: Toolchain)
             str(project),
             "lib-config",
             f"TFLM_TREE={tree}",
-            f"CPU={target.core}",
+            f"CPU={target.cpu}",
             f"CROSS={toolchain.prefix}",
         ],
         capture_output=True,
@@ -262,7 +273,7 @@ def library_dir(project: Path, tree: Path, target: Target, toolchain: Toolchain)
         raise CheckFailed(f"{project}/Makefile: {(config.stderr.strip().splitlines() or ['lib-config failed'])[-1]}")
     flags = config.stdout.replace(str(tree), "<tree>")
     key = hashlib.sha256("\0".join([tree_digest(tree), flags, toolchain.gcc_version]).encode()).hexdigest()[:16]
-    return cache_dir() / "tflm-lib" / f"{target.core}-{key}"
+    return cache_dir() / "tflm-lib" / f"{target.cpu}-{key}"
 
 
 def build_firmware(
@@ -277,10 +288,10 @@ def build_firmware(
     started = time.perf_counter()
     project = project.resolve()
     lib = library_dir(project, tree, target, toolchain)
-    build = project / "build" / f"{target.core}-{lib.name.split('-')[-1][:8]}"
+    build = project / "build" / f"{target.cpu}-{lib.name.split('-')[-1][:8]}"
     if not (lib / "obj").is_dir():
         log(
-            f"building the TFLite Micro library for {target.core} once (a CPU-minute or two) into {lib}; "
+            f"building the TFLite Micro library for {target.cpu} once (a CPU-minute or two) into {lib}; "
             "later builds reuse it"
         )
     command = [
@@ -289,7 +300,7 @@ def build_firmware(
         str(project),
         f"-j{jobs or os.cpu_count() or 1}",
         f"TFLM_TREE={tree}",
-        f"CPU={target.core}",
+        f"CPU={target.cpu}",
         f"BUILD={build}",
         f"LIB_DIR={lib}",
         f"CROSS={toolchain.prefix}",
@@ -349,6 +360,66 @@ def check_board_memory(model_bytes: int, arena_bytes: int, target: Target) -> No
         )
 
 
+# ---------------------------------------------------------------- the cycle model
+
+
+@dataclass(frozen=True)
+class CycleModel:
+    """What the QEMU plugin charges (see cortex_m_cycles.c): the core's taken-branch refill and divide, and
+    the flash behind its line buffer. `flash_wait` 0 leaves memory out."""
+
+    refill: int = 2
+    divide: int = 7
+    flash_wait: int = 0
+    flash_line: int = 16
+    flash_lines: int = 1
+
+    def arguments(self) -> str:
+        flash = f",flash_start=0x0,flash_end={BOARD_MEMORY:#x}" if self.flash_wait else ""
+        return (
+            f"refill={self.refill},divide={self.divide},flash_wait={self.flash_wait},flash_line={self.flash_line},"
+            f"flash_lines={self.flash_lines}{flash}"
+        )
+
+
+class PluginUnsupported(DeviceSetupError):
+    """This QEMU cannot load TCG plugins (built without them) or the plugin cannot be built."""
+
+
+def cycle_plugin() -> Path:
+    """The cycle-model plugin as a shared library, compiled with the host's C compiler once per source,
+    header and compiler into edgekd's cache."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise PluginUnsupported("no host C compiler (cc) to build the cycle-model QEMU plugin: install gcc")
+    source_dir = resources.files("edgekd.exporters") / "firmware" / "cycles"
+    with resources.as_file(source_dir) as folder:
+        source = Path(folder) / "cortex_m_cycles.c"
+        header = Path(folder) / "qemu_plugin_v1.h"
+        compiler = _first_line([cc, "--version"]).encode()
+        digest = hashlib.sha256(source.read_bytes() + header.read_bytes() + compiler).hexdigest()[:16]
+        library = cache_dir() / "qemu-plugins" / digest / "libcortex_m_cycles.so"
+        if library.is_file():
+            return library
+        _made(library.parent)
+        with tempfile.TemporaryDirectory(dir=library.parent) as scratch:
+            built = Path(scratch) / library.name
+            result = subprocess.run([cc, "-O2", "-Wall", "-shared", "-fPIC", "-o", str(built), str(source)],
+                                    capture_output=True, text=True)  # fmt: skip
+            if result.returncode != 0:
+                raise PluginUnsupported(f"building the cycle-model plugin failed: {result.stderr.strip()[-200:]}")
+            os.replace(built, library)  # atomic: a concurrent build writes the same file
+    return library
+
+
+def symbol_address(elf: Path, name: str, toolchain: Toolchain) -> int:
+    symbols = subprocess.run([f"{toolchain.prefix}nm", str(elf)], capture_output=True, text=True, check=True).stdout
+    found = [int(line.split()[0], 16) for line in symbols.splitlines() if line.split()[-1:] == [name]]
+    if len(found) != 1:
+        raise CheckFailed(f"{elf.name} has {len(found)} symbols named {name}; the cycle windows need exactly one")
+    return found[0]
+
+
 # ---------------------------------------------------------------- running
 
 
@@ -363,6 +434,8 @@ class FirmwareRun:
     profile_ticks: int  # the profiled inference, timed around Invoke()
     op_ticks: list[tuple[int, str, int]] = field(default_factory=list)  # (index, operator, ticks)
     seconds: float = 0.0
+    cycles: Cycles | None = None  # when the cycle model ran
+    cycles_unavailable: str = ""  # why it did not, when it was asked for
 
     @property
     def instructions_per_tick(self) -> float:
@@ -370,10 +443,32 @@ class FirmwareRun:
         return 1e9 / self.ticks_per_second
 
 
+@dataclass
+class Cycles:
+    """Instructions (exact) and modelled cycles in the windows the firmware times with `platform_ticks()`."""
+
+    model: CycleModel
+    warmup: tuple[int, int]  # (instructions, cycles)
+    inferences: list[tuple[int, int]]
+    profile: tuple[int, int]
+    ops: list[tuple[int, int]]  # the profiled inference, operator by operator
+    flash_misses: int
+
+
 def run_firmware(
-    firmware: Firmware, inputs: np.ndarray, toolchain: Toolchain, *, timeout: float = 900.0
+    firmware: Firmware,
+    inputs: np.ndarray,
+    toolchain: Toolchain,
+    *,
+    cycles: CycleModel | None = None,
+    timeout: float = 900.0,
 ) -> FirmwareRun:
-    """Boot the firmware once and feed it every input (int8, one image per row)."""
+    """Boot the firmware once and feed it every input (int8, one image per row); with `cycles`, under the
+    cycle-model plugin, stamped at every call of `platform_ticks()`."""
+    plugin = []
+    if cycles is not None:
+        mark = symbol_address(firmware.elf, "platform_ticks", toolchain)
+        plugin = ["-d", "plugin", "-plugin", f"{cycle_plugin()},{cycles.arguments()},mark={mark:#x}"]
     with tempfile.TemporaryDirectory() as scratch:
         np.ascontiguousarray(inputs, dtype=np.int8).tofile(Path(scratch) / INPUT_FILE)
         command = [
@@ -391,6 +486,7 @@ def run_firmware(
             "enable=on,target=native",
             "-kernel",
             str(firmware.elf),
+            *plugin,
         ]
         started = time.perf_counter()
         try:
@@ -398,11 +494,49 @@ def run_firmware(
         except subprocess.TimeoutExpired:
             raise CheckFailed(f"the firmware did not finish in QEMU within {timeout:.0f} s") from None
         seconds = time.perf_counter() - started
+    if plugin and result.returncode != 0 and "plugin" in result.stderr.lower() and "EDGEKD" not in result.stdout:
+        raise PluginUnsupported(f"{toolchain.qemu} cannot load the cycle-model plugin: {result.stderr.strip()[-160:]}")
     run = parse_output(result.stdout, expected=len(inputs))
     if result.returncode != 0:
         raise CheckFailed(f"the firmware exited with code {result.returncode} in QEMU: {result.stdout.strip()[-200:]}")
     run.seconds = seconds
+    if cycles is not None:
+        run.cycles = parse_cycles(result.stderr, run, cycles)
     return run
+
+
+def parse_cycles(log: str, run: FirmwareRun, model: CycleModel) -> Cycles:
+    """Pair the plugin's stamps with the firmware's timer reads: warm-up (2), each inference (2), the profiled
+    inference (start, each operator's begin and end, end). The instructions between two stamps must match
+    the ticks the firmware printed (one instruction per nanosecond), which proves the pairing."""
+    marks = [tuple(map(int, line.split()[1:3])) for line in log.splitlines() if line.startswith("cycles_mark ")]
+    misses = [int(line.split()[1]) for line in log.splitlines() if line.startswith("cycles_flash_misses ")]
+    expected = 2 + 2 * len(run.ticks) + 2 + 2 * len(run.op_ticks)
+    if len(marks) != expected:
+        raise CheckFailed(f"the cycle model stamped {len(marks)} timer reads, the firmware made {expected}")
+
+    def window(first: int, last: int) -> tuple[int, int]:
+        return marks[last][0] - marks[first][0], marks[last][1] - marks[first][1]
+
+    inferences = [window(2 + 2 * i, 3 + 2 * i) for i in range(len(run.ticks))]
+    profile_start = 2 + 2 * len(run.ticks)
+    ops = [window(profile_start + 1 + 2 * k, profile_start + 2 + 2 * k) for k in range(len(run.op_ticks))]
+    windows = [(window(0, 1), run.warmup_ticks), *zip(inferences, run.ticks, strict=True),
+               (window(profile_start, len(marks) - 1), run.profile_ticks)]  # fmt: skip
+    for (instructions, _), ticks in windows:
+        if abs(instructions / run.instructions_per_tick - ticks) > max(4, 1e-4 * ticks):  # icount's timer jitters
+            raise CheckFailed(
+                f"the cycle model's window ({instructions:,} instructions) does not match the firmware's timer "
+                f"({ticks:,} ticks): the stamps are not the firmware's timer reads"
+            )
+    return Cycles(
+        model=model,
+        warmup=window(0, 1),
+        inferences=inferences,
+        profile=window(profile_start, len(marks) - 1),
+        ops=ops,
+        flash_misses=misses[0] if misses else 0,
+    )
 
 
 def parse_output(text: str, expected: int) -> FirmwareRun:

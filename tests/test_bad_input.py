@@ -203,6 +203,16 @@ CASES = [
         ["bench", "{tmp}", "--device", "{tmp}/board.yaml"],
         "device profile",
     ),
+    (
+        "bench profile memory key misspelt",
+        write(
+            "board.yaml",
+            "name: b\nsram_kb: 1\nflash_kb: 1\ncycle_model:\n  error: 0.1\n  error_source: x\n"
+            "  flash:\n    source: x\n    wait_states: 3\n    line_size: 16\n",
+        ),
+        ["bench", "{tmp}", "--device", "{tmp}/board.yaml"],
+        "'cycle_model.flash.line_size': Extra inputs are not permitted",
+    ),  # fmt: skip
     ("bench unknown target", nothing, ["bench", "{tmp}", "--target", "qemu-m55"], "unknown target 'qemu-m55'"),
     (
         "bench not a model",

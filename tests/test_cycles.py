@@ -1,6 +1,7 @@
 """The Cortex-M4 cycle model (exporters/firmware/cycles/cortex_m_cycles.c, a QEMU TCG plugin) on hand-written
 loops whose timing the Cortex-M4 TRM gives: per iteration, cycles are the table's sums exactly, a taken
-branch costs 1 + refill and a branch that falls through 1, and a run repeats to the cycle."""
+branch costs 1 + refill and a branch that falls through 1, a read of flash outside the line buffer costs
+the wait states, and a run repeats to the cycle."""
 
 from __future__ import annotations
 
@@ -12,8 +13,6 @@ from pathlib import Path
 import pytest
 
 from edgekd import firmware
-
-PLUGIN_SOURCE = Path(__file__).resolve().parents[1] / "exporters" / "firmware" / "cycles" / "cortex_m_cycles.c"
 
 # A bare-metal image for QEMU's mps2-an386 (Cortex-M4): vector table, then `BODY` ITERATIONS times between
 # calls to window_start and window_stop, whose blocks the plugin's window is bound to; semihosting exit.
@@ -27,6 +26,7 @@ PROGRAM = """
   .thumb_func
 reset:
   ldr r1, =values
+  ldr r5, =constants
   movs r0, #0
   ldr r4, =ITERATIONS
   bl window_start
@@ -47,6 +47,8 @@ window_start:
   .global window_stop
 window_stop:
   bx lr
+  .balign 64
+constants: .space 128  /* in flash, as a model's weights are */
   .data
 values: .word 0x00010002, 0x00030004
 """
@@ -66,14 +68,12 @@ def toolchain():
 
 
 @pytest.fixture(scope="module")
-def plugin(toolchain, tmp_path_factory) -> Path:
-    library = tmp_path_factory.mktemp("plugin") / "libcortex_m_cycles.so"
-    subprocess.run(["cc", "-O2", "-Wall", "-Werror", "-shared", "-fPIC", "-o", library, PLUGIN_SOURCE], check=True)
-    return library
+def plugin(toolchain) -> Path:
+    return firmware.cycle_plugin()
 
 
 def window_cycles(
-    toolchain, plugin: Path, folder: Path, body: str, iterations: int, refill: int = 2
+    toolchain, plugin: Path, folder: Path, body: str, iterations: int, refill: int = 2, memory: str = ""
 ) -> tuple[int, int]:
     """(instructions, cycles) between window_start and window_stop."""
     source = folder / f"loop{iterations}.S"
@@ -89,7 +89,7 @@ def window_cycles(
     run = subprocess.run(
         [toolchain.qemu, "-M", "mps2-an386", "-nographic", "-monitor", "none", "-serial", "null",
          "-semihosting-config", "enable=on,target=native", "-kernel", elf, "-d", "plugin", "-plugin",
-         f"{plugin},refill={refill},start={address['window_start']:#x},stop={address['window_stop']:#x}"],
+         f"{plugin},refill={refill},start={address['window_start']:#x},stop={address['window_stop']:#x}{memory}"],
         capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     window = [line.split() for line in (run.stdout + run.stderr).splitlines() if line.startswith("cycles_window")]
@@ -97,10 +97,10 @@ def window_cycles(
     return int(window[0][1]), int(window[0][2])
 
 
-def per_iteration(toolchain, plugin, folder, body, refill=2) -> tuple[float, float]:
+def per_iteration(toolchain, plugin, folder, body, refill=2, memory="") -> tuple[float, float]:
     """Instructions and cycles of one iteration: the difference between 200 and 100 iterations, over 100."""
-    insns_100, cycles_100 = window_cycles(toolchain, plugin, folder, body, 100, refill)
-    insns_200, cycles_200 = window_cycles(toolchain, plugin, folder, body, 200, refill)
+    insns_100, cycles_100 = window_cycles(toolchain, plugin, folder, body, 100, refill, memory)
+    insns_200, cycles_200 = window_cycles(toolchain, plugin, folder, body, 200, refill, memory)
     return (insns_200 - insns_100) / 100, (cycles_200 - cycles_100) / 100
 
 
@@ -138,3 +138,28 @@ def test_multiple_loads_and_stores_take_one_plus_n(toolchain, plugin, tmp_path):
 def test_the_count_repeats_exactly(toolchain, plugin, tmp_path):
     first = window_cycles(toolchain, plugin, tmp_path, MAC_BODY, 100)
     assert window_cycles(toolchain, plugin, tmp_path, MAC_BODY, 100) == first
+
+
+FLASH = ",flash_start=0x0,flash_end=0x400000,flash_line=16,flash_lines=1"
+
+
+@pytest.mark.parametrize("wait", [1, 3, 5])
+def test_a_flash_read_outside_the_buffered_line_costs_the_wait_states(toolchain, plugin, tmp_path, wait):
+    # two lines 64 bytes apart and a buffer of one line: both loads miss, every iteration
+    body = "  ldr r2, [r5]\n  ldr r3, [r5, #64]\n"
+    _, zero_wait = per_iteration(toolchain, plugin, tmp_path, body)
+    _, waited = per_iteration(toolchain, plugin, tmp_path, body, memory=f"{FLASH},flash_wait={wait}")
+    assert waited - zero_wait == 2 * wait
+
+
+def test_reads_within_the_buffered_line_and_from_ram_cost_nothing_more(toolchain, plugin, tmp_path):
+    same_line = "  ldr r2, [r5]\n  ldr r3, [r5, #4]\n"  # one line: after the first miss, hits
+    ram = "  ldr r2, [r1]\n  ldr r3, [r1, #4]\n"  # .data, in RAM
+    for body in (same_line, ram):
+        _, zero_wait = per_iteration(toolchain, plugin, tmp_path, body)
+        assert per_iteration(toolchain, plugin, tmp_path, body, memory=f"{FLASH},flash_wait=3")[1] == zero_wait
+
+
+def test_the_plugin_is_built_once_and_reused(plugin):
+    built = plugin.stat().st_mtime_ns
+    assert firmware.cycle_plugin() == plugin and plugin.stat().st_mtime_ns == built

@@ -145,6 +145,36 @@ def test_latency_on_the_profile_clock():
     assert device.latency_on_clock(1e6, load_device("256k-1m")) is None  # no clock, no latency
 
 
+def test_latency_from_cycles_carries_the_validated_band():
+    m4 = load_device("cortex-m4")
+    latency = device.latency_from_cycles(64e6, m4)  # 64 M cycles at 64 MHz
+    assert latency.ms == pytest.approx(1000)
+    assert latency.low_ms == pytest.approx(1000 * (1 - m4.cycle_model.error))
+    assert latency.high_ms == pytest.approx(1000 * (1 + m4.cycle_model.error))
+    assert "64.000 M cycles" in latency.basis and "cycles_validation.py" in latency.basis
+
+
+def test_parse_cycles_pairs_the_stamps_with_the_timer_reads():
+    text = "\n".join([
+        "EDGEKD platform qemu-mps2 ticks_per_second 25000000",
+        "EDGEKD arena_used 1 arena_size 2 input_bytes 1 output_bytes 1",
+        "EDGEKD warmup 100", "EDGEKD result 0 100 1", "EDGEKD profile 101", "0,CONV_2D,100", "EDGEKD done 1",
+    ])  # fmt: skip
+    run = firmware.parse_output(text, expected=1)
+    # warm-up, the inference, the profiled inference around its one operator (4000 instructions = 100 ticks)
+    stamps = [(0, 0), (4000, 5000), (5000, 6000), (9000, 12000), (10000, 13000), (10010, 13010), (14010, 19010),
+              (14050, 19050)]  # fmt: skip
+    log = "".join(f"cycles_mark {i} {c}\n" for i, c in stamps) + "cycles_flash_misses 7 21\n"
+    cycles = firmware.parse_cycles(log, run, firmware.CycleModel())
+    assert cycles.warmup == (4000, 5000) and cycles.inferences == [(4000, 6000)]
+    assert cycles.profile == (4050, 6050) and cycles.ops == [(4000, 6000)] and cycles.flash_misses == 7
+    with pytest.raises(firmware.CheckFailed, match="stamped 7 timer reads, the firmware made 8"):
+        firmware.parse_cycles(log.replace("cycles_mark 0 0\n", ""), run, firmware.CycleModel())
+    shifted = log.replace("cycles_mark 9000 12000", "cycles_mark 8000 12000")
+    with pytest.raises(firmware.CheckFailed, match="does not match the firmware's timer"):
+        firmware.parse_cycles(shifted, run, firmware.CycleModel())
+
+
 def run_cli(capsys, *args, env=None):
     with pytest.MonkeyPatch.context() as patch:
         for key, value in (env or {}).items():
@@ -312,6 +342,26 @@ def test_measure_reports_the_device_figures(small_model, device_setup, tmp_path)
     parts = {part.name: part.bytes for part in run.flash_parts}
     assert parts["model"] >= small_model.stat().st_size and parts["TensorFlow Lite Micro"] > 10_000
     assert run.latency is not None and run.latency.low_ms < run.latency.high_ms
+    # the cycle model ran: exact instructions, cycles per layer that sum to the profiled inference
+    assert run.instruction_resolution == 1 and run.cycles_min <= run.cycles_mean <= run.cycles_max
+    assert run.cycles_mean > run.instructions_mean  # loads, branches and MACs' neighbours cost more than one
+    assert abs(sum(layer.cycles for layer in run.layers) - run.profiled_cycles) <= 0.01 * run.profiled_cycles
+    assert "M cycles" in run.latency.basis and "refill 3" in run.cycle_model
+
+
+@pytest.mark.slow
+def test_a_qemu_without_plugins_falls_back_to_instructions(small_model, device_setup, tmp_path, monkeypatch):
+    def unsupported():
+        raise firmware.PluginUnsupported("qemu-system-arm cannot load the cycle-model plugin: no plugin support")
+
+    monkeypatch.setattr(firmware, "cycle_plugin", unsupported)
+    said = []
+    run = device.measure(small_model, "qemu-m4", load_device("cortex-m4"), project=None, build_root=tmp_path,
+                         images=None, labels=None, count=2, tree_spec=None, log=said.append)  # fmt: skip
+    assert run.status == "measured" and run.bit_exact and run.cycles_mean is None
+    assert "cannot load the cycle-model plugin" in run.cycle_model
+    assert run.latency.basis.startswith("no cycle model:") and run.instruction_resolution == 40
+    assert sum("falls back to instructions" in line for line in said) == 1
 
 
 MLPERF_TINY = Path(__file__).resolve().parents[2] / "shared" / "models" / "mlperf-tiny"
