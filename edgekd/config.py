@@ -111,6 +111,12 @@ class DataConfig(StrictModel):
     root: Path | None = None
     download: bool = False
     image_size: int = Field(32, ge=8, le=1024)
+    resize: Literal["crop", "pad", "squash"] = Field(
+        "crop",
+        description="how an image that is not square becomes image_size × image_size: crop = keep the aspect, "
+        "shorter side to image_size, centre crop; pad = keep the aspect, longer side to image_size, black borders; "
+        "squash = stretch",
+    )
     channels: Literal[1, 3] = 3
     batch_size: int = Field(64, ge=2)
     workers: int = Field(0, ge=0)

@@ -210,3 +210,48 @@ def test_a_class_folder_left_empty_by_the_junk_filter_is_named(tmp_path):
     (tmp_path / "bird" / "._0.png").write_bytes(b"\0\5\26\7")
     with pytest.raises(DataError, match="bird"):
         load_data(config(dataset="imagefolder", root=tmp_path, image_size=16), seed=0)
+
+
+def banded(height: int, width: int) -> torch.Tensor:
+    """A 1×H×W uint8 image, white in its left quarter, black elsewhere."""
+    image = torch.zeros(1, height, width, dtype=torch.uint8)
+    image[..., : width // 4] = 255
+    return image
+
+
+@pytest.mark.parametrize(
+    ("rule", "white_left", "white_top_left"),
+    [("crop", False, False), ("pad", True, False), ("squash", True, True)],
+)
+def test_resize_rules_keep_or_drop_the_aspect(rule, white_left, white_top_left):
+    from torchvision.transforms import v2
+
+    from edgekd.datasets.imagefolder import resize_steps
+
+    out = v2.Compose(resize_steps(rule, 16))(banded(20, 40))  # a wide image
+    assert out.shape == (1, 16, 16)
+    assert (out[0, 8, 1] > 200) == white_left  # crop cuts the left quarter away; pad and squash keep it
+    assert (out[0, 0, 1] > 200) == white_top_left  # pad adds black borders above and below; squash stretches
+
+
+def test_imagefolder_reads_the_resize_rule_exif_orientation_and_odd_modes(tmp_path):
+    from edgekd.datasets.imagefolder import _load_image
+
+    write_images(tmp_path, per_class=6)
+    wide = Image.fromarray(banded(20, 40)[0].numpy()).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: the camera was turned; a viewer rotates by 90°
+    wide.save(tmp_path / "cat" / "rotated.jpg", exif=exif)
+    assert _load_image(str(tmp_path / "cat" / "rotated.jpg")).size == (20, 40)  # upright: taller than wide
+    grey16 = (np.arange(24 * 20).reshape(20, 24) * 128).astype(np.uint16)
+    Image.fromarray(grey16).save(tmp_path / "dog" / "sixteen.png")
+    assert np.asarray(_load_image(str(tmp_path / "dog" / "sixteen.png")))[0, 2, 0] == 1  # 256 >> 8, not 255
+    rgba = Image.new("RGBA", (24, 20), (255, 255, 255, 0))  # white under full transparency
+    rgba.save(tmp_path / "dog" / "transparent.png")
+    assert np.asarray(_load_image(str(tmp_path / "dog" / "transparent.png"))).max() == 0  # over black
+    Image.new("CMYK", (24, 20), (0, 0, 0, 0)).save(tmp_path / "dog" / "cmyk.jpg")
+    Image.new("P", (24, 20)).save(tmp_path / "dog" / "palette.png")
+    for rule in ("crop", "pad", "squash"):
+        data = load_data(config(dataset="imagefolder", root=tmp_path, image_size=16, resize=rule), seed=0)
+        assert len(data.train) + len(data.val) + len(data.test) == 17
+        assert {tuple(data.train[i][0].shape) for i in range(len(data.train))} == {(3, 16, 16)}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset, Subset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
@@ -109,7 +109,7 @@ class _Reader:
         steps: list = [v2.ToImage()]
         if self.config.channels == 1:
             steps.append(v2.Grayscale(1))
-        steps += [v2.Resize((self.config.image_size,) * 2, antialias=True)]
+        steps += resize_steps(self.config.resize, self.config.image_size)
         if train:
             steps += augmentations(self.config)
         steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)]
@@ -156,10 +156,41 @@ def _check_images(images) -> None:
             ) from None
 
 
+def resize_steps(rule: str, size: int) -> list:
+    """The recipe's `data.resize` as transforms on a C×H×W image."""
+    if rule == "squash":
+        return [v2.Resize((size, size), antialias=True)]
+    if rule == "crop":
+        return [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
+    return [pad_to_square, v2.Resize((size, size), antialias=True)]
+
+
+def pad_to_square(image: torch.Tensor) -> torch.Tensor:
+    """Black borders around the image's shorter side, centred, to a square."""
+    height, width = image.shape[-2:]
+    side = max(height, width)
+    left, top = (side - width) // 2, (side - height) // 2
+    return v2.functional.pad(image, [left, top, side - width - left, side - height - top], fill=0)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode as 8-bit RGB, the same way every time: 16- and 32-bit greyscale keep their top 8 bits
+    of 16 (PIL's own conversion saturates them), transparency is composited over black (PIL's drops the
+    alpha and keeps whatever colour lies under it), CMYK, palette and greyscale as PIL converts them."""
+    if image.mode in ("I;16", "I;16L", "I;16B", "I"):
+        grey = np.right_shift(np.asarray(image).astype(np.int64).clip(0, 65535), 8).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
 def _load_image(path: str):
-    """torchvision's loader, with a damaged file (one that passed the header check) named in one line."""
+    """torchvision's loader, turned upright by the file's EXIF orientation (as a phone's viewer shows it)
+    and converted by `to_rgb`; a damaged file (one that passed the header check) named in one line."""
     try:
         with open(path, "rb") as handle:
-            return Image.open(handle).convert("RGB")
+            return to_rgb(ImageOps.exif_transpose(Image.open(handle)))
     except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for a bad file
         raise DataError(f"imagefolder: {path} cannot be decoded ({type(exc).__name__}); remove or replace it") from None
