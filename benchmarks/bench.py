@@ -98,6 +98,12 @@ def _inputs_for(runner, images: np.ndarray | None) -> list:
     return [runner.prepare(image[None]) for image in images[:WINDOWS]]
 
 
+def _latency_words(latency: McuLatency, from_cycles: bool) -> str:
+    if from_cycles:
+        return f" = {latency.ms:,.1f} ms ± {latency.high_ms / latency.ms - 1:.0%}"
+    return f", {latency.low_ms:,.1f}–{latency.high_ms:,.1f} ms (instructions × a CPI range: no cycle model)"
+
+
 def resolve_target(target: str, device: Device, tflm: str | None) -> tuple[str | None, str | None]:
     """(QEMU target to run, or None with the reason). `auto` runs the device's core when the toolchain
     and a TFLM tree are present; a target named explicitly must be runnable, or it is bad input."""
@@ -433,7 +439,7 @@ def _on_device(
     console.print(
         f"  {run.target}: {run.instructions_mean / 1e6:,.3f} M instructions/inference"
         + (f", {run.cycles_mean / 1e6:,.3f} M cycles" if run.cycles_mean is not None else "")
-        + (f" = {run.latency.ms:,.1f} ms ± {run.latency.high_ms / run.latency.ms - 1:.0%}" if run.latency else "")
+        + (_latency_words(run.latency, run.cycles_mean is not None) if run.latency else "")
         + ", "
         f"arena {run.arena_used_bytes:,} B, "
         f"firmware flash {run.flash_bytes:,} B, agreement with host {run.agreement_with_host:.0%}"
