@@ -21,15 +21,21 @@ def machine_line() -> str:
     )
 
 
-def _commit() -> str:
-    """The checkout's commit when edgekd runs from one (an editable install); else unknown."""
+CODE = ("*.py", "*.yaml", "*.c", "*.cc", "*.h", "*.ld", "Makefile", "pyproject.toml")  # what decides a figure
+
+
+def _commit(folder: Path | None = None) -> str:
+    """The checkout's commit when edgekd runs from one (an editable install), marked when the code differs
+    from it (RESULTS.md and the README, which the suite itself rewrites, do not count); else unknown."""
+    folder = folder or Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=folder, check=True).stdout.strip()
+
     try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).resolve().parent,
-            check=True,
-        ).stdout.strip()
+        commit = git("rev-parse", "--short", "HEAD")
+        top = git("rev-parse", "--show-toplevel")  # pathspecs are relative to where git runs
+        changed = git("-C", top, "status", "--porcelain", "--untracked-files=no", "--", *CODE)
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    return f"{commit} + uncommitted changes to the code" if changed else commit

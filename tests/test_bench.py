@@ -295,3 +295,25 @@ def test_bench_leaves_the_thread_count_as_it_found_it(tmp_path):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_commit_stamp_says_when_the_code_is_not_the_commits(tmp_path):
+    import subprocess
+
+    from edgekd.benchmarks.machine import _commit
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)  # fmt: skip
+
+    (tmp_path / "model.py").write_text("x = 1\n")
+    (tmp_path / "RESULTS.md").write_text("# results\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "first")
+    clean = _commit(tmp_path)
+    assert len(clean) >= 7 and "uncommitted" not in clean
+    (tmp_path / "RESULTS.md").write_text("# results\n\na section the suite wrote\n")
+    assert _commit(tmp_path) == clean  # the suite's own output is not a code change
+    (tmp_path / "model.py").write_text("x = 2\n")
+    assert _commit(tmp_path) == f"{clean} + uncommitted changes to the code"
