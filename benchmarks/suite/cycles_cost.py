@@ -18,16 +18,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+from cycles_validation import PROFILE, PUBLISHED, measured
 from results import write_section
 
 from edgekd import firmware as fw
-from edgekd.benchmarks.device import cycle_model, measure
+from edgekd.benchmarks.device import cycle_model
 from edgekd.benchmarks.profiles import load_device
-from edgekd.exporters.runtimes import MicroRunner
 
 ROOT = Path(__file__).resolve().parents[2]
-FILES = ("ad01_int8.tflite", "kws_ref_model.tflite", "pretrainedResnet_quant.tflite", "vww_96_int8.tflite")
 
 
 def main() -> None:
@@ -35,20 +33,16 @@ def main() -> None:
     parser.add_argument("--models", type=Path, default=ROOT.parent / "shared" / "models" / "mlperf-tiny")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    toolchain, tree, device = fw.find_toolchain(), fw.resolve_tflm_tree(None), load_device("ek-ra6m4")
+    toolchain, device = fw.find_toolchain(), load_device(PROFILE)
     model = cycle_model(device)
     lines = [
         "| model file | instructions only | with the cycle model | ratio (median of pairs) |",
         "| --- | ---: | ---: | ---: |",
     ]
     with tempfile.TemporaryDirectory() as scratch:
-        for name in FILES:
-            path = args.models / name
-            run = measure(path, "qemu-m33", device, project=None, build_root=Path(scratch) / name, images=None,
-                          labels=None, count=3, tree_spec=None, log=lambda _: None)  # fmt: skip
-            firmware = fw.build_firmware(Path(run.project), fw.TARGETS["qemu-m33"], tree, toolchain, log=lambda _: None)
-            shape = MicroRunner(path).input_shape
-            inputs = np.random.default_rng(0).integers(-128, 128, size=(3, int(np.prod(shape))), dtype=np.int8)
+        for name in sorted({row.file for row in PUBLISHED}):
+            item = measured(args.models / name, Path(scratch) / name, device, toolchain)
+            firmware, inputs = item.firmware, item.inputs
             plain, timed = [], []
             for _ in range(args.repeats):  # alternating, so drift on the machine hits both alike
                 started = time.perf_counter()
