@@ -4,7 +4,8 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.edgekd-installed
-APT_PACKAGES := gcc-arm-none-eabi libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib qemu-system-arm
+APT_PACKAGES := gcc-arm-none-eabi libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib qemu-system-arm \
+	libcapstone-dev
 # A TensorFlow Lite Micro tree beside the checkout (where our machines keep one), unless EDGEKD_TFLM names one.
 export EDGEKD_TFLM ?= $(abspath $(firstword $(wildcard ../shared/third_party/tflm/tree)))
 
@@ -23,8 +24,9 @@ test: $(INSTALLED) toolchain  ## the whole suite, slow end-to-end tests included
 fast-test: $(INSTALLED)
 	$(BIN)/python -m pytest -m "not slow"
 
-toolchain:  ## the Arm GNU toolchain and QEMU for the device run: installed with apt-get when root, else a note
-	@if command -v arm-none-eabi-gcc >/dev/null && command -v qemu-system-arm >/dev/null; then \
+toolchain:  ## the Arm GNU toolchain, QEMU and Capstone (the M7 cycle model) for the device run: apt-get when root
+	@if command -v arm-none-eabi-gcc >/dev/null && command -v qemu-system-arm >/dev/null \
+	  && [ -f /usr/include/capstone/capstone.h ]; then \
 	  echo "toolchain: present"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(APT_PACKAGES); \

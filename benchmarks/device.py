@@ -107,10 +107,12 @@ def cycle_model(device: Device) -> fw.CycleModel | None:
     spec = device.cycle_model
     if spec is None:
         return None
+    core = "m7" if spec.timing == "cortex-m7" else "m4"
     if spec.flash is None:
-        return fw.CycleModel(refill=spec.branch_refill)
+        return fw.CycleModel(refill=spec.branch_refill, core=core)
     return fw.CycleModel(refill=spec.branch_refill, flash_wait=spec.flash.wait_states,
-                         flash_line=spec.flash.line_bytes, flash_lines=spec.flash.buffer_lines)  # fmt: skip
+                         flash_line=spec.flash.line_bytes, flash_lines=spec.flash.buffer_lines,
+                         flash_ways=spec.flash.ways or 0, core=core)  # fmt: skip
 
 
 def _run(firmware: fw.Firmware, inputs: np.ndarray, toolchain: fw.Toolchain, device: Device, log) -> fw.FirmwareRun:
@@ -244,13 +246,16 @@ def _layers(tflite_path: Path, run: fw.FirmwareRun, per_tick: float) -> list[Dev
 
 def describe(device: Device) -> str:
     spec = device.cycle_model
-    flash = (
-        f"flash {spec.flash.wait_states} wait states behind {spec.flash.buffer_lines} × {spec.flash.line_bytes}-byte "
-        "line buffer"
-        if spec.flash
-        else "zero-wait memory"
-    )
-    return f"{spec.timing} instruction timings, taken-branch refill {spec.branch_refill}, {flash}"
+    flash = "zero-wait memory"
+    if spec.flash and spec.flash.ways:
+        kilobytes = spec.flash.buffer_lines * spec.flash.line_bytes // 1024
+        flash = (f"flash {spec.flash.wait_states} wait states behind a {kilobytes} kB {spec.flash.ways}-way cache "
+                 f"of {spec.flash.line_bytes}-byte lines")  # fmt: skip
+    elif spec.flash:
+        flash = (f"flash {spec.flash.wait_states} wait states behind {spec.flash.buffer_lines} × "
+                 f"{spec.flash.line_bytes}-byte line buffer")  # fmt: skip
+    branch = "mispredicted-branch penalty" if spec.timing == "cortex-m7" else "taken-branch refill"
+    return f"{spec.timing} instruction timings, {branch} {spec.branch_refill}, {flash}"
 
 
 def latency_from_cycles(cycles: float, device: Device) -> McuLatency | None:

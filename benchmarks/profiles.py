@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edgekd.errors import EdgeKDError
 from edgekd.registry import Registry, bundled_files, did_you_mean
@@ -43,25 +43,34 @@ class InstructionCost(BaseModel):
 
 class FlashMemory(BaseModel):
     """Where the model's weights are read from on the board: flash behind a buffer of lines (the flash
-    accelerator). A read outside the buffered lines costs `wait_states` cycles more (the datasheet's wait
-    states at the profile's clock)."""
+    accelerator) or a data cache (`ways` lines per set; none: fully associative). A read outside the
+    buffered lines costs `wait_states` cycles more (the datasheet's wait states at the profile's clock)."""
 
     model_config = ConfigDict(extra="forbid")
     source: str
     wait_states: int = Field(ge=0, le=15)
     line_bytes: int = Field(16, gt=0)
-    buffer_lines: int = Field(1, ge=1, le=64)
+    buffer_lines: int = Field(1, ge=1, le=1024)
+    ways: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _whole_sets(self) -> FlashMemory:
+        if self.ways is not None and self.buffer_lines % self.ways:
+            raise ValueError(f"buffer_lines ({self.buffer_lines}) must be a multiple of ways ({self.ways})")
+        return self
 
 
 class CycleModel(BaseModel):
-    """Cycles on this board from the QEMU cycle-model plugin: the core's instruction timings (`timing`),
-    the taken-branch refill, and the flash's wait states. `error` is the relative error the validation
+    """Cycles on this board from the QEMU cycle-model plugin: the core's instruction timings (`timing`:
+    the Cortex-M4 TRM's single-issue table, or LLVM's dual-issue Cortex-M7 model), the branch cost
+    (`branch_refill`: on the M4 what a taken branch adds, on the M7 what a mispredicted one adds), and the
+    flash's wait states. `error` is the relative error the validation
     (`benchmarks/suite/cycles_validation.py`, benchmarks/RESULTS.md) measured for this model against real
     boards: the report shows latency ± that."""
 
     model_config = ConfigDict(extra="forbid")
-    timing: Literal["cortex-m4"] = "cortex-m4"
-    branch_refill: int = Field(2, ge=1, le=3)
+    timing: Literal["cortex-m4", "cortex-m7"] = "cortex-m4"
+    branch_refill: int = Field(2, ge=1, le=8)
     flash: FlashMemory | None = None
     error: float = Field(gt=0, lt=1)
     error_source: str

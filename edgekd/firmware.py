@@ -365,20 +365,24 @@ def check_board_memory(model_bytes: int, arena_bytes: int, target: Target) -> No
 
 @dataclass(frozen=True)
 class CycleModel:
-    """What the QEMU plugin charges (see cortex_m_cycles.c): the core's taken-branch refill and divide, and
-    the flash behind its line buffer. `flash_wait` 0 leaves memory out."""
+    """What the QEMU plugin charges (see cortex_m_cycles.c): the core's timings (`core`: "m4" single issue,
+    "m7" dual issue), its branch cost (M4: a taken branch's refill; M7: a mispredicted branch's) and divide,
+    and the flash behind its line buffer or cache (`flash_ways` lines per set; 0: fully associative).
+    `flash_wait` 0 leaves memory out."""
 
     refill: int = 2
     divide: int = 7
     flash_wait: int = 0
     flash_line: int = 16
     flash_lines: int = 1
+    flash_ways: int = 0
+    core: str = "m4"
 
     def arguments(self) -> str:
         flash = f",flash_start=0x0,flash_end={BOARD_MEMORY:#x}" if self.flash_wait else ""
         return (
-            f"refill={self.refill},divide={self.divide},flash_wait={self.flash_wait},flash_line={self.flash_line},"
-            f"flash_lines={self.flash_lines}{flash}"
+            f"core={self.core},refill={self.refill},divide={self.divide},flash_wait={self.flash_wait},"
+            f"flash_line={self.flash_line},flash_lines={self.flash_lines},flash_ways={self.flash_ways}{flash}"
         )
 
 
@@ -386,26 +390,32 @@ class PluginUnsupported(DeviceSetupError):
     """This QEMU cannot load TCG plugins (built without them) or the plugin cannot be built."""
 
 
-def cycle_plugin() -> Path:
+def cycle_plugin(core: str = "m4") -> Path:
     """The cycle-model plugin as a shared library, compiled with the host's C compiler once per source,
-    header and compiler into edgekd's cache."""
+    header, compiler and core into edgekd's cache. The M7's dual-issue model decodes instructions with
+    Capstone (Debian's libcapstone-dev, installed by `make toolchain`)."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         raise PluginUnsupported("no host C compiler (cc) to build the cycle-model QEMU plugin: install gcc")
+    flags = ["-DWITH_CAPSTONE"] if core == "m7" else []
+    libraries = ["-lcapstone"] if core == "m7" else []
     source_dir = resources.files("edgekd.exporters") / "firmware" / "cycles"
     with resources.as_file(source_dir) as folder:
         source = Path(folder) / "cortex_m_cycles.c"
         header = Path(folder) / "qemu_plugin_v1.h"
         compiler = _first_line([cc, "--version"]).encode()
-        digest = hashlib.sha256(source.read_bytes() + header.read_bytes() + compiler).hexdigest()[:16]
+        built_from = source.read_bytes() + header.read_bytes() + compiler + " ".join(flags).encode()
+        digest = hashlib.sha256(built_from).hexdigest()[:16]
         library = cache_dir() / "qemu-plugins" / digest / "libcortex_m_cycles.so"
         if library.is_file():
             return library
         _made(library.parent)
         with tempfile.TemporaryDirectory(dir=library.parent) as scratch:
             built = Path(scratch) / library.name
-            result = subprocess.run([cc, "-O2", "-Wall", "-shared", "-fPIC", "-o", str(built), str(source)],
-                                    capture_output=True, text=True)  # fmt: skip
+            result = subprocess.run([cc, "-O2", "-Wall", "-shared", "-fPIC", *flags, "-o", str(built), str(source),
+                                     *libraries], capture_output=True, text=True)  # fmt: skip
+            if result.returncode != 0 and "capstone" in result.stderr:
+                raise PluginUnsupported("the Cortex-M7 cycle model needs Capstone: apt-get install libcapstone-dev")
             if result.returncode != 0:
                 raise PluginUnsupported(f"building the cycle-model plugin failed: {result.stderr.strip()[-200:]}")
             os.replace(built, library)  # atomic: a concurrent build writes the same file
@@ -468,7 +478,7 @@ def run_firmware(
     plugin = []
     if cycles is not None:
         mark = symbol_address(firmware.elf, "platform_ticks", toolchain)
-        plugin = ["-d", "plugin", "-plugin", f"{cycle_plugin()},{cycles.arguments()},mark={mark:#x}"]
+        plugin = ["-d", "plugin", "-plugin", f"{cycle_plugin(cycles.core)},{cycles.arguments()},mark={mark:#x}"]
     with tempfile.TemporaryDirectory() as scratch:
         np.ascontiguousarray(inputs, dtype=np.int8).tofile(Path(scratch) / INPUT_FILE)
         command = [

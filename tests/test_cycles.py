@@ -1,7 +1,8 @@
-"""The Cortex-M4 cycle model (exporters/firmware/cycles/cortex_m_cycles.c, a QEMU TCG plugin) on hand-written
-loops whose timing the Cortex-M4 TRM gives: per iteration, cycles are the table's sums exactly, a taken
-branch costs 1 + refill and a branch that falls through 1, a read of flash outside the line buffer costs
-the wait states, and a run repeats to the cycle."""
+"""The cycle models (exporters/firmware/cycles/cortex_m_cycles.c, a QEMU TCG plugin) on hand-written loops of
+known timing. Cortex-M4: per iteration, cycles are the TRM table's sums exactly, a taken branch costs
+1 + refill and a branch that falls through 1, a read of flash outside the line buffer costs the wait states,
+and a run repeats to the cycle. Cortex-M7: the schedule LLVM's Cortex-M7 model gives (pairs that share a
+cycle, operand latencies, slot-0-only DSP instructions), predicted branches free, and a 4-way cache."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ window_start:
 window_stop:
   bx lr
   .balign 64
-constants: .space 128  /* in flash, as a model's weights are */
+constants: .space 256  /* in flash, as a model's weights are */
   .data
 values: .word 0x00010002, 0x00030004
 """
@@ -163,3 +164,71 @@ def test_reads_within_the_buffered_line_and_from_ram_cost_nothing_more(toolchain
 def test_the_plugin_is_built_once_and_reused(plugin):
     built = plugin.stat().st_mtime_ns
     assert firmware.cycle_plugin() == plugin and plugin.stat().st_mtime_ns == built
+
+
+# ---------------------------------------------------------------- Cortex-M7 (dual issue)
+
+
+@pytest.fixture(scope="module")
+def m7_plugin(toolchain) -> Path:
+    try:
+        return firmware.cycle_plugin("m7")
+    except firmware.PluginUnsupported as exc:
+        if os.environ.get("EDGEKD_REQUIRE_DEVICE") == "1":
+            pytest.fail(f"EDGEKD_REQUIRE_DEVICE=1 but {exc}")
+        pytest.skip(str(exc))
+
+
+# Per iteration, as LLVM's Cortex-M7 model schedules it (two issue slots; ALU results ready the next cycle,
+# word loads the next cycle for an ALU operand and the one after for an address; MACs 2 cycles with the
+# accumulator read a cycle late; DSP instructions only first in a pair), the loop's SUBS and predicted BNE
+# included.
+M7_LOOPS = {
+    # LDR ‖ LDR (two load pipes) | SMLAD | SMLAD ‖ SUBS (accumulator forwarded) | BNE
+    "mac": (MAC_BODY, 6, 4),
+    # ADDS ‖ ADDS | SUBS ‖ BNE
+    "independent ALU ops pair": ("  adds r2, r2, #1\n  adds r3, r3, #1\n", 4, 2),
+    # ADDS | ADDS (needs the first's result) ‖ SUBS | BNE
+    "a dependent ALU op waits": ("  adds r2, r2, #1\n  adds r2, r2, #1\n", 4, 3),
+    # LDR | (stall) | LDR from the loaded address ‖ SUBS | BNE
+    "a loaded address waits two cycles": ("  ldr r2, [r1]\n  ldr r3, [r2]\n", 4, 4),
+    # SXTB16 | SXTB16 (slot 0 only) ‖ SUBS | BNE
+    "DSP instructions issue first of a pair": ("  sxtb16 r2, r3\n  sxtb16 r6, r3, ror #8\n", 4, 3),
+    # PUSH (alone) | POP (alone, after SP) | ... : two registers a cycle
+    "multiples issue alone": ("  push {r2, r3}\n  pop {r2, r3}\n", 4, 4),
+}
+
+
+@pytest.mark.parametrize("name", M7_LOOPS)
+def test_m7_loops_take_the_dual_issue_schedule(toolchain, m7_plugin, tmp_path, name):
+    body, instructions, cycles = M7_LOOPS[name]
+    assert per_iteration(toolchain, m7_plugin, tmp_path, body, refill=4, memory=",core=m7") == (instructions, cycles)
+
+
+def test_m7_predicted_branches_cost_nothing_more(toolchain, m7_plugin, tmp_path):
+    # the loop's BNE mispredicts only on its first and last executions, whatever the penalty
+    few = per_iteration(toolchain, m7_plugin, tmp_path, MAC_BODY, refill=1, memory=",core=m7")
+    many = per_iteration(toolchain, m7_plugin, tmp_path, MAC_BODY, refill=8, memory=",core=m7")
+    assert few == many
+    _, cycles_1 = window_cycles(toolchain, m7_plugin, tmp_path, MAC_BODY, 100, 1, ",core=m7")
+    _, cycles_8 = window_cycles(toolchain, m7_plugin, tmp_path, MAC_BODY, 100, 8, ",core=m7")
+    # four first-time or changed outcomes in the window: the return from window_start, the loop's first
+    # back edge (a new branch is guessed not taken), its exit, and the call of window_stop
+    assert cycles_8 - cycles_1 == 4 * 7
+
+
+CACHE = f"{FLASH},flash_lines=8,flash_ways=4,flash_wait=7,core=m7"  # 2 sets of 4 lines of 16 bytes
+
+
+def test_m7_cache_keeps_four_lines_of_a_set_and_misses_a_fifth(toolchain, m7_plugin, tmp_path):
+    # 32 bytes apart, every line falls in the same set
+    four = "".join(f"  ldr r2, [r5, #{32 * k}]\n" for k in range(4))
+    five = "".join(f"  ldr r2, [r5, #{32 * k}]\n" for k in range(5))
+    for body, misses in ((four, 0), (five, 5)):  # first in, first out: five lines thrash four ways
+        _, zero_wait = per_iteration(toolchain, m7_plugin, tmp_path, body, refill=4, memory=",core=m7")
+        _, waited = per_iteration(toolchain, m7_plugin, tmp_path, body, refill=4, memory=CACHE)
+        assert waited - zero_wait == 7 * misses
+
+
+def test_m7_plugin_is_a_separate_build(plugin, m7_plugin):
+    assert m7_plugin != plugin and m7_plugin.parent != plugin.parent
