@@ -6,7 +6,6 @@ from pathlib import Path
 
 from edgekd.benchmarks.report_schema import DeviceLayer, DeviceRun, Report, Verdict
 from edgekd.checks import Check, format_value
-from edgekd.firmware import TARGETS
 from edgekd.metrics import balanced_accuracy, precisions, recalls
 from edgekd.registry import METHODS
 from edgekd.rundir import Summary
@@ -273,7 +272,7 @@ def _device_section(report: Report) -> list[str]:
         parts = ", ".join(f"{p.name} {_kib(p.bytes)}" for p in run.flash_parts)
         latency = run.latency
         lines += [
-            f"{artefact.format} compiled with TensorFlow Lite Micro + CMSIS-NN for the {_built_for(run)} and run in "
+            f"{artefact.format} compiled with TensorFlow Lite Micro + CMSIS-NN for the {run.core} and run in "
             f"QEMU ({run.machine}, `-icount shift=0`): {run.images} {run.inputs} in one boot. Cycle model: "
             f"{run.cycle_model}.",
             "",
@@ -317,14 +316,6 @@ def _device_section(report: Report) -> list[str]:
             "",
         ]
     return lines
-
-
-def _built_for(run: DeviceRun) -> str:
-    """The core the firmware was compiled for, and the board's core when QEMU stands in with another."""
-    target = TARGETS.get(run.target)
-    if target is None or target.cpu == run.core:
-        return run.core
-    return f"{target.cpu} (standing in for the {run.core}: QEMU has no {run.core} board edgekd boots yet)"
 
 
 def _layer_tables(run: DeviceRun) -> list[str]:

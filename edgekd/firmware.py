@@ -47,19 +47,14 @@ class Target:
     name: str
     core: str  # the board's core, as device profiles name it
     machine: str  # QEMU board
-    build_core: str = ""  # the core the code is compiled for, when QEMU has no board with `core`
-
-    @property
-    def cpu(self) -> str:
-        return self.build_core or self.core
+    code_base: int = 0  # where the board's code memory (standing in for flash) starts
 
 
 TARGETS = {
     "qemu-m4": Target("qemu-m4", "cortex-m4", "mps2-an386"),
     "qemu-m7": Target("qemu-m7", "cortex-m7", "mps2-an500"),
-    # Code for the M4 (ARMv7E-M: the DSP instructions CMSIS-NN uses are the M33's too) on the M4 board, timed by
-    # the profile's cycle model. QEMU's M33 board (mps2-an505) boots in the secure state: its own startup, later.
-    "qemu-m33": Target("qemu-m33", "cortex-m33", "mps2-an386", build_core="cortex-m4"),
+    # TrustZone: the firmware runs in the secure state, code from the secure alias of SSRAM1 (mps2-an505.ld)
+    "qemu-m33": Target("qemu-m33", "cortex-m33", "mps2-an505", code_base=0x10000000),
 }
 TARGET_FOR_CORE = {target.core: name for name, target in TARGETS.items()}
 TARGET_CHOICES = ("auto", "none", *TARGETS)  # auto: the device profile's core; none: no device run
@@ -262,7 +257,7 @@ def library_dir(project: Path, tree: Path, target: Target, toolchain: Toolchain)
             str(project),
             "lib-config",
             f"TFLM_TREE={tree}",
-            f"CPU={target.cpu}",
+            f"CPU={target.core}",
             f"CROSS={toolchain.prefix}",
         ],
         capture_output=True,
@@ -273,7 +268,7 @@ def library_dir(project: Path, tree: Path, target: Target, toolchain: Toolchain)
         raise CheckFailed(f"{project}/Makefile: {(config.stderr.strip().splitlines() or ['lib-config failed'])[-1]}")
     flags = config.stdout.replace(str(tree), "<tree>")
     key = hashlib.sha256("\0".join([tree_digest(tree), flags, toolchain.gcc_version]).encode()).hexdigest()[:16]
-    return cache_dir() / "tflm-lib" / f"{target.cpu}-{key}"
+    return cache_dir() / "tflm-lib" / f"{target.core}-{key}"
 
 
 def build_firmware(
@@ -288,10 +283,10 @@ def build_firmware(
     started = time.perf_counter()
     project = project.resolve()
     lib = library_dir(project, tree, target, toolchain)
-    build = project / "build" / f"{target.cpu}-{lib.name.split('-')[-1][:8]}"
+    build = project / "build" / f"{target.core}-{lib.name.split('-')[-1][:8]}"
     if not (lib / "obj").is_dir():
         log(
-            f"building the TFLite Micro library for {target.cpu} once (a CPU-minute or two) into {lib}; "
+            f"building the TFLite Micro library for {target.core} once (a CPU-minute or two) into {lib}; "
             "later builds reuse it"
         )
     command = [
@@ -300,7 +295,7 @@ def build_firmware(
         str(project),
         f"-j{jobs or os.cpu_count() or 1}",
         f"TFLM_TREE={tree}",
-        f"CPU={target.cpu}",
+        f"CPU={target.core}",
         f"BUILD={build}",
         f"LIB_DIR={lib}",
         f"CROSS={toolchain.prefix}",
@@ -378,8 +373,9 @@ class CycleModel:
     flash_ways: int = 0
     core: str = "m4"
 
-    def arguments(self) -> str:
-        flash = f",flash_start=0x0,flash_end={BOARD_MEMORY:#x}" if self.flash_wait else ""
+    def arguments(self, code_base: int = 0) -> str:
+        """The plugin's arguments; flash is the board's code memory, from `code_base`."""
+        flash = f",flash_start={code_base:#x},flash_end={code_base + BOARD_MEMORY:#x}" if self.flash_wait else ""
         return (
             f"core={self.core},refill={self.refill},divide={self.divide},flash_wait={self.flash_wait},"
             f"flash_line={self.flash_line},flash_lines={self.flash_lines},flash_ways={self.flash_ways}{flash}"
@@ -478,7 +474,8 @@ def run_firmware(
     plugin = []
     if cycles is not None:
         mark = symbol_address(firmware.elf, "platform_ticks", toolchain)
-        plugin = ["-d", "plugin", "-plugin", f"{cycle_plugin(cycles.core)},{cycles.arguments()},mark={mark:#x}"]
+        arguments = f"{cycles.arguments(firmware.target.code_base)},mark={mark:#x}"
+        plugin = ["-d", "plugin", "-plugin", f"{cycle_plugin(cycles.core)},{arguments}"]
     with tempfile.TemporaryDirectory() as scratch:
         np.ascontiguousarray(inputs, dtype=np.int8).tofile(Path(scratch) / INPUT_FILE)
         command = [

@@ -27,6 +27,8 @@ TEMPLATE_FILES = (
     "mps2/platform.cc",
     "mps2/startup.c",
     "mps2/mps2.ld",
+    "mps2/mps2-an505.ld",
+    "mps2/sections.ld",
 )
 GENERATED_FILES = ("model_data.cc", "model_data.h", "model_ops.h", "model_ops.mk", "README.md")
 
@@ -105,7 +107,7 @@ You need the Arm GNU toolchain (`arm-none-eabi-gcc`, newlib) and a TensorFlow Li
 with CMSIS-NN (edgekd's README says how to make one; `edgekd doctor` tells what is present).
 
 ```sh
-make TFLM_TREE=/path/to/tflm-tree CPU=cortex-m4      # or CPU=cortex-m7
+make TFLM_TREE=/path/to/tflm-tree CPU=cortex-m4      # or CPU=cortex-m7, CPU=cortex-m33
 make TFLM_TREE=/path/to/tflm-tree CPU=cortex-m4 run  # needs qemu-system-arm
 ```
 
@@ -121,7 +123,7 @@ built-in ones, and prints one `EDGEKD ...` line per result.
 - Keep `edgekd_model.h/.cc`, `model_data.h/.cc`, `model_ops.h`, `model_ops.mk` and the TFLM library
   build rules (with `tflm_prefix.h`, the header they precompile).
 - Replace `mps2/` with your board's startup code and linker script, and implement the four functions
-  of `platform.h` (on Cortex-M4/M7, `DWT->CYCCNT` gives core cycles).
+  of `platform.h` (on Cortex-M4/M7/M33, `DWT->CYCCNT` gives core cycles).
 - The arena is `kTensorArenaSize` = {arena_bytes:,} bytes (`model_data.h`), measured with TFLite Micro
   on x86-64; the 32-bit build needs a little less: `edgekd bench --target qemu-m4` reports the exact
   figure (`arena_used_bytes()`).

@@ -364,6 +364,24 @@ def test_a_qemu_without_plugins_falls_back_to_instructions(small_model, device_s
     assert sum("falls back to instructions" in line for line in said) == 1
 
 
+@pytest.mark.slow
+def test_the_cortex_m33_boots_secure_on_its_own_board(small_model, device_setup, tmp_path):
+    """A new core is one entry in firmware.TARGETS: M33 code (ARMv8-M) on QEMU's mps2-an505, bit-exact, timed
+    with its profile's flash in the board's code memory at the secure alias."""
+    run = device.measure(small_model, "qemu-m33", load_device("ek-ra6m4"), project=None, build_root=tmp_path,
+                         images=None, labels=None, count=2, tree_spec=None, log=lambda _: None)  # fmt: skip
+    assert run.status == "measured" and run.bit_exact and run.machine == "mps2-an505" and run.core == "cortex-m33"
+    assert run.instruction_resolution == 1 and run.cycles_mean > run.instructions_mean
+    toolchain, tree = device_setup
+    m33 = firmware.TARGETS["qemu-m33"]
+    built = firmware.build_firmware(Path(run.project), m33, tree, toolchain, log=lambda _: None)
+    inputs = np.zeros((1, 16 * 16), dtype=np.int8)
+    zero_wait = firmware.run_firmware(built, inputs, toolchain, cycles=firmware.CycleModel(refill=3))
+    board = firmware.run_firmware(built, inputs, toolchain, cycles=device.cycle_model(load_device("ek-ra6m4")))
+    assert board.cycles.flash_misses > 0  # the weights are read from the code memory at 0x10000000
+    assert board.cycles.inferences[0][1] > zero_wait.cycles.inferences[0][1]
+
+
 MLPERF_TINY = Path(__file__).resolve().parents[2] / "shared" / "models" / "mlperf-tiny"
 
 

@@ -1,4 +1,5 @@
-/* Reset and fault handling for QEMU's MPS2 Cortex-M4/M7 boards, with semihosting for I/O and exit. */
+/* Reset and fault handling for QEMU's MPS2 boards (Cortex-M4, M7, M33 in the secure state), with semihosting
+   for I/O and exit. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
