@@ -118,6 +118,12 @@ class DataConfig(StrictModel):
         "squash = stretch",
     )
     channels: Literal[1, 3] = 3
+    balance: Literal["none", "weights", "sampler"] = Field(
+        "none",
+        description="for a training set whose classes are not equally common: weights = each image's hard-label "
+        "loss weighted by 1 / its class's share (mean weight 1); sampler = each epoch draws images with "
+        "probability 1 / their class's count, with replacement, so every class is seen about equally often",
+    )
     batch_size: int = Field(64, ge=2)
     workers: int = Field(0, ge=0)
     splits: Splits = Splits()

@@ -76,7 +76,9 @@ class Batches:
     """(images, labels, sample indices) batches of a dataset, in a seeded shuffle (the order torch's
     RandomSampler draws from the same seed) or in order. With `world` > 1 each process gets its share
     (torch's DistributedSampler). Deterministic in-memory datasets are sliced from one tensor; others
-    go through a DataLoader. A last batch of one is dropped when training (BatchNorm cannot train on it)."""
+    go through a DataLoader. A last batch of one is dropped when training (BatchNorm cannot train on it).
+    With `draw_weights` (one per image) a shuffle draws len(dataset) images with replacement, each with
+    probability ∝ its weight; each process takes every world-th of the draw."""
 
     def __init__(
         self,
@@ -88,9 +90,14 @@ class Batches:
         workers: int = 0,
         rank: int = 0,
         world: int = 1,
+        draw_weights: torch.Tensor | None = None,
     ):
         self.dataset, self.batch_size, self.workers = dataset, batch_size, workers
-        if world > 1:
+        if shuffle and draw_weights is not None:
+            generator = torch.Generator().manual_seed(seed)
+            drawn = torch.multinomial(draw_weights.double(), len(dataset), replacement=True, generator=generator)
+            order = drawn[rank : len(drawn) - len(drawn) % world : world].tolist()
+        elif world > 1:
             order = list(DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed))
         elif shuffle:
             # What DataLoader(shuffle=True, generator=seeded) draws: its iterator takes one number from the
@@ -147,6 +154,14 @@ def _in_memory(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     if not isinstance(dataset, TensorImages) or dataset.transformed() is None:
         return None
     return dataset.transformed(), dataset.labels, positions
+
+
+def class_balance(labels: np.ndarray, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For `data.balance`: per class, 1 / its share of the images, scaled to a mean of 1 over the images
+    (a class without images gets 0), and per image, its class's weight (what the sampler draws by)."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    per_class = np.where(counts > 0, len(labels) / np.maximum(counts, 1) / max((counts > 0).sum(), 1), 0.0)
+    return torch.tensor(per_class, dtype=torch.float32), torch.tensor(per_class[labels], dtype=torch.float32)
 
 
 def labels_of(dataset: Dataset) -> np.ndarray:

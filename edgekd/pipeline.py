@@ -335,6 +335,7 @@ class Session:
             resume=self.resume,
             world=self.world,
             teacher_cache=teacher_cache,
+            balance=self.recipe.data.balance,
         )
         return train_stage(name, method, train_config, data, self.runtime, options)
 

@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from edgekd.config import TrainConfig
-from edgekd.data import Batches, DataBundle
+from edgekd.data import Batches, DataBundle, class_balance, labels_of
 from edgekd.distributed import World
 from edgekd.errors import EdgeKDError
 from edgekd.methods.base import DistillMethod
@@ -154,6 +154,7 @@ class StageOptions:
     resume: bool = False
     world: World = field(default_factory=World)
     teacher_cache: bool = False  # compute the frozen teacher's outputs once, before the first epoch
+    balance: str = "none"  # data.balance: none, weights (of the hard-label loss) or sampler (of the epochs)
 
 
 def train_stage(
@@ -205,6 +206,13 @@ class _Stage:
     ):  # fmt: skip
         self.stage, self.config, self.data, self.options, self.world = stage, config, data, options, options.world
         self.per_rank_batch = max(options.batch_size // self.world.size, 1)
+        self.draw_weights = None
+        if options.balance != "none":
+            per_class, per_image = class_balance(labels_of(data.train), data.num_classes)
+            if options.balance == "weights":
+                method.class_weights = per_class
+            else:
+                self.draw_weights = per_image
         # The stage's checkpoint, when resuming: read once, for the memory format and for resume().
         self.saved = None
         if options.resume and options.checkpoint.is_file():
@@ -226,7 +234,8 @@ class _Stage:
     def _train_batches(self, epoch: int) -> Batches:
         # Seeding per epoch makes a resumed run draw the same shuffles and augmentations.
         return Batches(self.data.train, self.per_rank_batch, shuffle=True, seed=self.options.seed * 1_000_003 + epoch,
-                       workers=self.options.workers, rank=self.world.rank, world=self.world.size)  # fmt: skip
+                       workers=self.options.workers, rank=self.world.rank, world=self.world.size,
+                       draw_weights=self.draw_weights)  # fmt: skip
 
     def _memory_format(self, method: DistillMethod, runtime: Runtime) -> Runtime:
         """The runtime with the memory format decided: as the recipe says, as this stage's checkpoint

@@ -130,6 +130,7 @@ CASES = [
     ("cuda without a gpu", edit(device="cuda"), DISTILL, "torch sees no CUDA device"),
     ("unknown dataset", edit(data__dataset="mnist"), DISTILL, "did you mean 'mnist5k'"),
     ("channels 2", edit(data__channels=2), DISTILL, "'data.channels' is 2"),
+    ("balance misspelt", edit(data__balance="sample"), DISTILL, "'data.balance' is 'sample'"),
     (
         "cache with random augmentation",
         edit(distill__cache_teacher="on", data__augmentation={"horizontal_flip": True}),

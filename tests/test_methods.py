@@ -183,9 +183,9 @@ def test_prokt_teacher_chases_the_students_train_mode_outputs_from_one_forward(m
     modes, targets = [], []
     student.register_forward_pre_hook(lambda module, args: modes.append(module.training))
 
-    def spy(teacher_logits, student_logits, labels, kl_weight):
+    def spy(teacher_logits, student_logits, labels, kl_weight, weight=None):
         targets.append(student_logits)
-        return teacher_loss(teacher_logits, student_logits, labels, kl_weight)
+        return teacher_loss(teacher_logits, student_logits, labels, kl_weight, weight)
 
     monkeypatch.setattr("edgekd.methods.prokt.teacher_loss", spy)
     method = ProKT(student, teacher, teacher_lr=0.01, kl_weight=0.4, temperature=1.0, w_ce=0.0).train()

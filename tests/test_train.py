@@ -259,3 +259,53 @@ def test_channels_last_auto_measures_both_formats_once_per_machine_and_model(tmp
     assert ("channels_last" if first.channels_last else "contiguous") in again.describe().split(":")[0]
     other_batch = choose_memory_format([(model, True)], images[:4], labels[:4], runtime, rounds=1, cache=cache)
     assert not other_batch.cached, "another batch shape is measured anew"
+
+
+# ---------------------------------------------------------------- data.balance
+
+
+def test_class_balance_weights_classes_by_their_rarity():
+    import numpy as np
+
+    from edgekd.data import class_balance
+
+    labels = np.array([0] * 90 + [1] * 10)
+    per_class, per_image = class_balance(labels, num_classes=3)  # class 2 has no images
+    assert per_class.tolist() == pytest.approx([100 / (2 * 90), 100 / (2 * 10), 0.0])
+    assert per_image.mean().item() == pytest.approx(1.0)  # the loss keeps its scale
+    assert per_image[0].item() == per_class[0].item() and per_image[-1].item() == per_class[1].item()
+
+
+def test_the_balanced_sampler_draws_classes_equally_and_splits_one_draw_between_processes():
+    from edgekd.data import Batches, TensorImages, class_balance
+
+    labels = torch.tensor([0] * 900 + [1] * 100)
+    dataset = TensorImages(torch.zeros(1000, 1, 2, 2), labels, lambda image: image, deterministic=True)
+    _, per_image = class_balance(labels.numpy(), 2)
+    drawn = torch.cat([y for _, y, _ in Batches(dataset, 50, shuffle=True, seed=3, draw_weights=per_image)])
+    assert len(drawn) == 1000 and 0.45 < drawn.float().mean().item() < 0.55  # 10 % of the images, half the draw
+    again = torch.cat([y for _, y, _ in Batches(dataset, 50, shuffle=True, seed=3, draw_weights=per_image)])
+    assert torch.equal(drawn, again)  # seeded
+    ranks = [Batches(dataset, 25, shuffle=True, seed=3, rank=r, world=2, draw_weights=per_image) for r in (0, 1)]
+    order = [[i for batch in b.batches for i in batch] for b in ranks]
+    single = [i for batch in Batches(dataset, 50, shuffle=True, seed=3, draw_weights=per_image).batches for i in batch]
+    assert order[0] == single[0::2] and order[1] == single[1::2]
+
+
+def test_weights_balance_the_hard_label_loss_of_every_stage(tmp_path):
+    import torch.nn.functional as F
+
+    from edgekd.data import DataBundle, TensorImages
+    from edgekd.methods.plain import Plain
+
+    labels = torch.tensor([0] * 48 + [1] * 16)
+    dataset = TensorImages(torch.randn(64, 1, 2, 2), labels, lambda image: image, deterministic=True)
+    data = DataBundle(dataset, dataset, dataset, dataset, 2, ["a", "b"], 1, 2, (0.0,), (1.0,))
+    method = Plain(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)))
+    runtime = Runtime(torch.device("cpu"), channels_last=False, amp=False)
+    train_quietly("student", method, TrainConfig(epochs=1, lr=1e-3), data, runtime, tmp_path, balance="weights")
+    assert method.class_weights.tolist() == pytest.approx([64 / (2 * 48), 64 / (2 * 16)])
+    logits, batch = torch.randn(8, 2), torch.tensor([0, 0, 0, 0, 0, 0, 1, 1])
+    expected = F.cross_entropy(logits, batch, weight=method.class_weights)
+    assert method.cross_entropy(logits, batch).item() == pytest.approx(expected.item())
+    assert expected.item() != pytest.approx(F.cross_entropy(logits, batch).item())

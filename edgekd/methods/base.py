@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from edgekd.methods.features import logits_and_features
@@ -25,6 +26,12 @@ class DistillMethod(nn.Module):
     def __init__(self, student: nn.Module):
         super().__init__()
         self.student = student
+        self.class_weights: torch.Tensor | None = None  # data.balance: weights (set by the training loop)
+
+    def cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor, **kwargs) -> torch.Tensor:
+        """The hard-label loss: weighted per class when the recipe balances by weights (a weighted mean)."""
+        weight = None if self.class_weights is None else self.class_weights.to(logits.device, logits.dtype)
+        return F.cross_entropy(logits, labels, weight=weight, **kwargs)
 
     def forward(
         self, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor | None = None

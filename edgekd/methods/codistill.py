@@ -98,7 +98,7 @@ class CoDistillation(DistillMethod):
         self, images: torch.Tensor, labels: torch.Tensor, index=None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = [student(images) for student in self.students]
-        losses = {"ce": self.w_ce * sum(F.cross_entropy(z, labels) for z in logits)}
+        losses = {"ce": self.w_ce * sum(self.cross_entropy(z, labels) for z in logits)}
         if self.distilling:
             T = self.temperature
             targets = peer_targets(logits, T)

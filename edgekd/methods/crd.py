@@ -148,7 +148,7 @@ class CRD(FrozenTeacherMethod):
         student_logits, student_features = pre_logits(self.student, images)
         teacher_logits, (teacher_features,) = self.teacher_outputs(images, index)
         losses = {
-            "ce": self.w_ce * F.cross_entropy(student_logits, labels),
+            "ce": self.w_ce * self.cross_entropy(student_logits, labels),
             "kd": self.w_kd * kd_loss(student_logits, teacher_logits, self.temperature),
         }
         if self.training and index is not None:  # the bank is indexed by training images

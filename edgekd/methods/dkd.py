@@ -89,7 +89,7 @@ class DKD(FrozenTeacherMethod):
         student_logits = self.student(images)
         tckd, nckd = dkd_terms(student_logits, self.teacher_logits(images, index), labels, self.temperature)
         return student_logits, {
-            "ce": self.w_ce * F.cross_entropy(student_logits, labels),
+            "ce": self.w_ce * self.cross_entropy(student_logits, labels),
             "tckd": self.warmup * self.alpha * tckd,
             "nckd": self.warmup * self.beta * nckd,
         }

@@ -119,7 +119,7 @@ class Hints(FrozenTeacherMethod):
         hint = self.w_hint * F.mse_loss(self.connector(student_features), teacher_features)
         if self.hint_only:
             return student_logits, {"hint": hint}
-        losses = {"ce": self.w_ce * F.cross_entropy(student_logits, labels), "hint": hint}
+        losses = {"ce": self.w_ce * self.cross_entropy(student_logits, labels), "hint": hint}
         if self.w_kd:
             losses["kd"] = self.w_kd * kd_loss(student_logits, teacher_logits, self.temperature)
         if self.stagewise:  # after the hint stage the paper trains on the task losses alone

@@ -74,7 +74,7 @@ class KD(FrozenTeacherMethod):
         student_logits = self.student(images)
         teacher_logits = self.teacher_logits(images, index)
         return student_logits, {
-            "ce": self.w_ce * F.cross_entropy(student_logits, labels),
+            "ce": self.w_ce * self.cross_entropy(student_logits, labels),
             "kd": self.w_kd * kd_loss(student_logits, teacher_logits, self.temperature),
         }
 
@@ -84,6 +84,6 @@ class KD(FrozenTeacherMethod):
         student_logits = self.student(mixed)
         losses = {"kd": self.w_kd * kd_loss(student_logits, self.teacher_logits(mixed), self.temperature)}
         if self.mix_hard_labels:
-            losses["ce"] = self.w_ce * mixed_cross_entropy(student_logits, labels, partner, lam)
+            losses["ce"] = self.w_ce * mixed_cross_entropy(student_logits, labels, partner, lam, self.class_weights)
         # The logits of the mixed images, scored against each image's own label in the epoch's accuracy.
         return student_logits, losses

@@ -98,7 +98,7 @@ class MeanTeacher(DistillMethod):
 
     def forward(self, images, labels, index=None):
         logits = self.student(images)
-        losses = {"ce": self.w_ce * F.cross_entropy(logits, labels)}
+        losses = {"ce": self.w_ce * self.cross_entropy(logits, labels)}
         if self.training:
             with torch.no_grad():
                 teacher_logits = self.teacher(images)

@@ -64,5 +64,9 @@ def _beta(alpha: float, generator: torch.Generator | None) -> float:
     return float(x[0] / x.sum())
 
 
-def mixed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, partner: torch.Tensor, lam: float):
-    return lam * F.cross_entropy(logits, labels) + (1 - lam) * F.cross_entropy(logits, labels[partner])
+def mixed_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, partner: torch.Tensor, lam: float, weight: torch.Tensor | None = None
+):
+    return lam * F.cross_entropy(logits, labels, weight=weight) + (1 - lam) * F.cross_entropy(
+        logits, labels[partner], weight=weight
+    )

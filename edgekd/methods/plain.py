@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from edgekd.methods.base import DistillMethod
 
@@ -17,4 +16,4 @@ class Plain(DistillMethod):
         self, images: torch.Tensor, labels: torch.Tensor, index=None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = self.student(images)
-        return logits, {"ce": F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)}
+        return logits, {"ce": self.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)}

@@ -45,7 +45,11 @@ class ProKTConfig(DistillSettings):
 
 
 def teacher_loss(
-    teacher_logits: torch.Tensor, student_logits: torch.Tensor, labels: torch.Tensor, kl_weight: float
+    teacher_logits: torch.Tensor,
+    student_logits: torch.Tensor,
+    labels: torch.Tensor,
+    kl_weight: float,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(1 − λ)·CE(y, p_T) + λ·KL(q_s ‖ p_T): the student's distribution is the target."""
     kl = F.kl_div(
@@ -54,7 +58,7 @@ def teacher_loss(
         reduction="batchmean",
         log_target=True,
     )
-    return (1 - kl_weight) * F.cross_entropy(teacher_logits, labels) + kl_weight * kl
+    return (1 - kl_weight) * F.cross_entropy(teacher_logits, labels, weight=weight) + kl_weight * kl
 
 
 @register_method("prokt", config=ProKTConfig, trains_teacher=True, recipe="mnist5k_prokt")
@@ -111,7 +115,9 @@ class ProKT(DistillMethod):
         student_logits = self.student(images)
         if self.training:
             self.teacher.train()
-            loss = teacher_loss(self.teacher(images), student_logits.detach().float(), labels, self.kl_weight)
+            loss = teacher_loss(
+                self.teacher(images), student_logits.detach().float(), labels, self.kl_weight, self.class_weights
+            )
             self.teacher_optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.world.average_gradients(self.teacher.parameters())  # under torchrun: one teacher on every rank
@@ -120,7 +126,7 @@ class ProKT(DistillMethod):
         teacher_logits = self._eval_logits(self.teacher, images)
         losses = {"kd": kd_loss(student_logits, teacher_logits, self.temperature)}
         if self.w_ce:
-            losses["ce"] = self.w_ce * F.cross_entropy(student_logits, labels)
+            losses["ce"] = self.w_ce * self.cross_entropy(student_logits, labels)
         return student_logits, losses
 
     def extra_state(self) -> dict[str, Any]:

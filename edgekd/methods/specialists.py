@@ -199,7 +199,7 @@ class Specialists(FrozenTeacherMethod):
     def forward(self, images, labels, index=None):
         logits = self.student(images)
         return logits, {
-            "ce": self.w_ce * F.cross_entropy(logits, labels),
+            "ce": self.w_ce * self.cross_entropy(logits, labels),
             "kd": self.w_kd * kd_loss(logits, self.teacher_logits(images, index), self.temperature),
         }
 

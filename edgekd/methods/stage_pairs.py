@@ -7,7 +7,6 @@ teacher's feature maps at [student, teacher] stage pairs, beside cross-entropy a
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from edgekd.methods.base import FrozenTeacherMethod
@@ -48,7 +47,7 @@ class StagePairMethod(FrozenTeacherMethod):
         student_logits, student_features = logits_and_features(self.student, images, self.student_indices)
         teacher_logits, teacher_features = self.teacher_outputs(images, index)
         pairs = sum(self.pair_loss(s, t) for s, t in zip(student_features, teacher_features, strict=True))
-        losses = {"ce": self.w_ce * F.cross_entropy(student_logits, labels), self.loss_name: self.w_pairs * pairs}
+        losses = {"ce": self.w_ce * self.cross_entropy(student_logits, labels), self.loss_name: self.w_pairs * pairs}
         if self.w_kd:
             losses["kd"] = self.w_kd * kd_loss(student_logits, teacher_logits, self.temperature)
         return student_logits, losses

@@ -73,7 +73,7 @@ class TeacherFreeKD(DistillMethod):
         logits = self.student(images)
         regularisation = tfkd_regularisation(logits, labels, self.correct_prob, self.temperature)
         return logits, {
-            "ce": (1 - self.alpha) * F.cross_entropy(logits, labels),
+            "ce": (1 - self.alpha) * self.cross_entropy(logits, labels),
             "virtual": self.alpha * self.multiplier * regularisation,
         }
 
@@ -99,6 +99,6 @@ class SelfKD(FrozenTeacherMethod):
     def forward(self, images, labels, index=None):
         logits = self.student(images)
         return logits, {
-            "ce": (1 - self.alpha) * F.cross_entropy(logits, labels),
+            "ce": (1 - self.alpha) * self.cross_entropy(logits, labels),
             "kd": self.alpha * kd_loss(logits, self.teacher_logits(images, index), self.temperature),
         }

@@ -217,20 +217,23 @@ static M7Insn m7_decode(const uint8_t *bytes, size_t size, uint64_t address) {
   memset(&m, 0, sizeof m);
   m.hold = 1;
   m.latency = 1;
-  cs_insn *insn;
-  if (cs_disasm(capstone, bytes, size, address, 1, &insn) != 1) { m.uses[ALU] = 1; return m; }
+  static cs_insn *insn;  /* one, reused: translation is single-threaded with one vCPU */
+  if (!insn) insn = cs_malloc(capstone);
+  const uint8_t *code = bytes;
+  uint64_t pc = address;
+  if (!cs_disasm_iter(capstone, &code, &size, &pc, insn)) { m.uses[ALU] = 1; return m; }
   const cs_arm *arm = &insn->detail->arm;
   int registers = 0, is_store = 0, accumulator = -1;
   for (int i = 0; i < arm->op_count; i++) registers += arm->operands[i].type == ARM_OP_REG;
   switch (insn->id) {
-    case ARM_INS_LDR: case ARM_INS_LDRT: case ARM_INS_LDREX: case ARM_INS_PLD: case ARM_INS_PLI:
+    case ARM_INS_LDR: case ARM_INS_LDRT: case ARM_INS_LDREX: case ARM_INS_PLD: case ARM_INS_PLI: case ARM_INS_VLDR:
       m.uses[LOAD_PIPE] = 1; m.first = insn->id == ARM_INS_LDREX; break;
     case ARM_INS_LDRB: case ARM_INS_LDRH: case ARM_INS_LDRSB: case ARM_INS_LDRSH: case ARM_INS_LDRBT:
     case ARM_INS_LDRHT: case ARM_INS_LDRSBT: case ARM_INS_LDRSHT: case ARM_INS_LDREXB: case ARM_INS_LDREXH:
       m.uses[LOAD_PIPE] = 1; m.latency = 2; break;
     case ARM_INS_LDRD: m.uses[LOAD_PIPE] = 2; m.alone = 1; m.latency = 2; break;
     case ARM_INS_STR: case ARM_INS_STRB: case ARM_INS_STRH: case ARM_INS_STRT: case ARM_INS_STRBT:
-    case ARM_INS_STRHT:
+    case ARM_INS_STRHT: case ARM_INS_VSTR:
       m.uses[STORE_PIPE] = 1; is_store = 1; break;
     case ARM_INS_STRD: case ARM_INS_STREX: case ARM_INS_STREXB: case ARM_INS_STREXH:
       m.uses[STORE_PIPE] = 1; m.alone = 1; is_store = 1; break;
@@ -319,7 +322,6 @@ static M7Insn m7_decode(const uint8_t *bytes, size_t size, uint64_t address) {
     read_as(&m, ARM_REG_SP, -1);
     write_as(&m, ARM_REG_SP, 1);
   }
-  cs_free(insn, 1);
   if (!m.hold) m.hold = 1;
   return m;
 }
@@ -368,10 +370,12 @@ static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb) {
     const uint8_t *bytes = qemu_plugin_insn_data(insn);
     size_t size = qemu_plugin_insn_size(insn);
     block->end = qemu_plugin_insn_vaddr(insn) + size;
+    int reads_memory = 1;
 #ifdef WITH_CAPSTONE
     if (m7) {
       scheduled[i] = m7_decode(bytes, size, qemu_plugin_insn_vaddr(insn));
       block->ends_in_branch = scheduled[i].branch;
+      reads_memory = scheduled[i].uses[LOAD_PIPE] > 0;
     }
 #endif
     if (!m7) {
@@ -383,7 +387,8 @@ static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb) {
       block->ends_in_branch = c.kind == BRANCH;
     }
     /* QEMU 7.2 filters by the access kind unreliably (asked for reads, it reports stores): take both, keep reads */
-    if (flash_wait) qemu_plugin_register_vcpu_mem_cb(insn, on_read, QEMU_PLUGIN_CB_NO_REGS, QEMU_PLUGIN_MEM_RW, NULL);
+    if (flash_wait && reads_memory)
+      qemu_plugin_register_vcpu_mem_cb(insn, on_read, QEMU_PLUGIN_CB_NO_REGS, QEMU_PLUGIN_MEM_RW, NULL);
   }
 #ifdef WITH_CAPSTONE
   if (m7) {
