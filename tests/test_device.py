@@ -351,7 +351,7 @@ def test_measure_reports_the_device_figures(small_model, device_setup, tmp_path)
 
 @pytest.mark.slow
 def test_a_qemu_without_plugins_falls_back_to_instructions(small_model, device_setup, tmp_path, monkeypatch):
-    def unsupported():
+    def unsupported(core="m4"):
         raise firmware.PluginUnsupported("qemu-system-arm cannot load the cycle-model plugin: no plugin support")
 
     monkeypatch.setattr(firmware, "cycle_plugin", unsupported)

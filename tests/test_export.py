@@ -270,14 +270,19 @@ def test_memory_rewrite_through_export_and_the_device_run(capsys, trained_run, d
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "settings, message",
-    [
-        ({"memory": "patches", "memory_cut": 500}, "export.memory_cut: the graph cannot be cut after operator 500"),
-        ({"memory": "patches", "memory_cut": 0, "memory_grid": [40, 2]}, "export.memory_grid: 40x2 patches do not fit"),
-    ],
-)
-def test_a_rewrite_option_that_does_not_fit_the_graph_is_one_line(capsys, trained_run, settings, message):
-    with_export_settings(trained_run, **settings)
+def test_a_rewrite_option_that_does_not_fit_the_graph_is_one_line(capsys, trained_run):
+    with_export_settings(trained_run, memory="patches", memory_cut=500)
     code, err = run_export_cli(capsys, trained_run, "--formats", "tflite-int8")
+    message = "export.memory_cut: the graph cannot be cut after operator 500"
     assert code == 2 and err.strip().splitlines()[-1].startswith(f"error: {message}"), err  # after the progress line
+
+
+@pytest.mark.slow
+def test_a_patch_grid_larger_than_the_cut_is_named(exported_run):
+    """The same one-line error path as the cut above (RewriteError), for the grid: on the exported graph."""
+    from edgekd.exporters.graph_edit import RewriteError
+    from edgekd.exporters.spatial_patches import cut_points, split_spatial_patches
+
+    data = (exported_run[0] / "artefacts" / "student.int8.tflite").read_bytes()
+    with pytest.raises(RewriteError, match=r"export.memory_grid: 40x2 patches do not fit a \d+×\d+ cut"):
+        split_spatial_patches(data, cut_points(data)[0], (40, 2))
