@@ -190,27 +190,21 @@ static int gpr(int reg) {
   return -1;  /* PC, flags, FP registers: not tracked */
 }
 
-static void read_as(M7Insn *m, int reg, int advance) {
+/* Register `reg` in a (register, cycles) table, keeping the smaller figure when it is already there: a
+ * register read in two roles is needed at the earlier one, written in two at the earlier one. */
+static void note(int8_t table[16][2], uint8_t *count, int reg, int cycles) {
   int r = gpr(reg);
   if (r < 0) return;
-  for (int i = 0; i < m->n_reads; i++)
-    if (m->reads[i][0] == r) {
-      if (advance < m->reads[i][1]) m->reads[i][1] = advance;
+  for (int i = 0; i < *count; i++)
+    if (table[i][0] == r) {
+      if (cycles < table[i][1]) table[i][1] = cycles;
       return;
     }
-  if (m->n_reads < 16) { m->reads[m->n_reads][0] = r; m->reads[m->n_reads++][1] = advance; }
+  if (*count < 16) { table[*count][0] = r; table[(*count)++][1] = cycles; }
 }
 
-static void write_as(M7Insn *m, int reg, int latency) {
-  int r = gpr(reg);
-  if (r < 0) return;
-  for (int i = 0; i < m->n_writes; i++)
-    if (m->writes[i][0] == r) {
-      if (latency < m->writes[i][1]) m->writes[i][1] = latency;
-      return;
-    }
-  if (m->n_writes < 16) { m->writes[m->n_writes][0] = r; m->writes[m->n_writes++][1] = latency; }
-}
+static void read_as(M7Insn *m, int reg, int advance) { note(m->reads, &m->n_reads, reg, advance); }
+static void write_as(M7Insn *m, int reg, int latency) { note(m->writes, &m->n_writes, reg, latency); }
 
 static M7Insn m7_decode(const uint8_t *bytes, size_t size, uint64_t address) {
   M7Insn m;
