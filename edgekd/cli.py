@@ -304,10 +304,11 @@ def doctor(
             ok if present else missing,
             detail or ("" if present else f"apt-get install {firmware.PACKAGES[name]}"),
         )
-    try:  # optional: without it the device run counts instructions and latency falls back to a CPI range
-        table.add_row("cycle-model QEMU plugin", ok, str(firmware.cycle_plugin()))
-    except firmware.PluginUnsupported as exc:
-        table.add_row("cycle-model QEMU plugin", missing, f"{exc} (latency then falls back to a CPI range)")
+    for core, label in (("m4", "cycle-model QEMU plugin"), ("m7", "cycle-model QEMU plugin, Cortex-M7")):
+        try:  # optional: without it the device run counts instructions and latency falls back to a CPI range
+            table.add_row(label, ok, str(firmware.cycle_plugin(core)))
+        except firmware.PluginUnsupported as exc:
+            table.add_row(label, missing, f"{exc} (latency then falls back to a CPI range)")
     try:
         tree = firmware.resolve_tflm_tree(tflm)
     except firmware.DeviceSetupError as exc:

@@ -419,9 +419,12 @@ def test_a_lone_file_that_is_not_an_image_runs_on_the_device(tmp_path, device_se
 
 
 def test_doctor_names_the_cycle_model_plugin(capsys, monkeypatch):
-    def unsupported():
+    def unsupported(core="m4"):
+        if core == "m7":
+            raise firmware.PluginUnsupported("the M7 cycle model needs Capstone: apt-get install libcapstone-dev")
         raise firmware.PluginUnsupported("no host C compiler (cc) to build the cycle-model QEMU plugin: install gcc")
 
     monkeypatch.setattr(firmware, "cycle_plugin", unsupported)
     code, out = run_cli(capsys, "doctor")
     assert code in (0, None) and "cycle-model QEMU plugin" in out.out  # a row, marked missing, not an error
+    assert "libcapstone-dev" in out.out  # the M7 model's own row says what to install
