@@ -113,7 +113,8 @@ def main() -> None:
     body = (
         f"MNIST-5k at 32 px, MobileNetV2-Tiny alone with the quickstart's baseline settings; training split with "
         f"classes {RARE[0]}-{RARE[-1]} cut to {args.keep:.0%} of their images (10:1), validation and test "
-        f"untouched; {epochs} epochs, as many optimiser steps as the quickstart's 15 on the full split. Mean ± std "
+        f"untouched; {epochs} epochs, as many optimiser steps as the quickstart's "
+        f"{base.distill.epochs} on the full split. Mean ± std "
         f"over seeds {args.seeds} (the seed also picks the kept images).\n\n" + "\n".join(lines)
     )
     write_section("data.balance on a 10:1 imbalanced training set", f"python benchmarks/suite/balance.py "
