@@ -275,6 +275,8 @@ def summary_table(summary: Summary) -> Table:
     images = summary.train_images
     if images and images["students"] != images["teacher"]:
         notes.append(f"the students learn from {images['students']:,} of {images['teacher']:,} training images")
+    if images and images.get("unlabelled"):
+        notes.append(f"the distilled student also from {images['unlabelled']:,} unlabelled images")
     table.caption = "; ".join(notes) or None
     return table
 

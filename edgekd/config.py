@@ -134,6 +134,12 @@ class DataConfig(StrictModel):
     transfer_fraction: float = Field(
         1.0, gt=0, le=1, description="share of the training images the students learn from (stratified)"
     )
+    unlabelled: str | None = Field(
+        None,
+        description="images without labels that a distilled student also learns from, by the teacher's soft "
+        "targets alone: a folder (images in any layout of subfolders) or `rest` = the training images "
+        "transfer_fraction leaves out, their labels dropped. The baseline never sees them",
+    )
 
     @field_validator("dataset")
     @classmethod
@@ -179,6 +185,9 @@ class BaselineConfig(StrictModel):
 
     enabled: bool = True
     lr: float | None = Field(None, gt=0, description="the baseline's own tuned lr; default: distill.lr")
+    epochs: int | None = Field(
+        None, ge=1, description="the baseline's own epoch count (it sees no unlabelled images); default: distill.epochs"
+    )
     label_smoothing: float = Field(
         0.0, ge=0, lt=1, description="label smoothing (Szegedy et al. 2016): KD against smoothing, measured"
     )

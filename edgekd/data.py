@@ -3,7 +3,8 @@ tensors, seeded batches, stratified splits, normalisation and transforms, the st
 and the dataset registry's entries. The datasets themselves are one file each in `edgekd.datasets`.
 
 Small datasets (digits, mnist5k, synthetic, CIFAR) live in memory as tensors; an imagefolder is read
-from disk. Either way a sample is (normalised float tensor C×H×W, int label).
+from disk. Either way a sample is (normalised float tensor C×H×W, int label); an image without a label
+(`data.unlabelled`) has the label UNLABELLED.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 from torchvision.transforms import v2
 
 from edgekd.config import DataConfig
 from edgekd.errors import DataError
 from edgekd.registry import DATASETS
+
+UNLABELLED = -1  # the label of an image the students learn from by the teacher's soft targets alone
 
 
 @dataclass
@@ -37,6 +40,22 @@ class DataBundle:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     notes: list[str] = field(default_factory=list)  # what loading left out, for the log
+    # data.unlabelled: images labelled UNLABELLED, augmented and not (in the same order); `with_unlabelled`
+    # joins them to train and train_eval for a distilled student
+    unlabelled: Dataset | None = None
+    unlabelled_eval: Dataset | None = None
+
+    def with_unlabelled(self) -> DataBundle:
+        """The bundle a distilled student learns from: the labelled training images, then the unlabelled."""
+        if self.unlabelled is None or self.unlabelled_eval is None:
+            return self
+        return replace(
+            self,
+            train=_joined(self.train, self.unlabelled),
+            train_eval=_joined(self.train_eval, self.unlabelled_eval),
+            unlabelled=None,
+            unlabelled_eval=None,
+        )
 
 
 class TensorImages(Dataset):
@@ -70,6 +89,30 @@ class TensorImages(Dataset):
         if self._transformed is None:
             self._transformed = torch.cat([self.transform(chunk) for chunk in self.images.split(1024)])
         return self._transformed
+
+
+class Relabelled(Dataset):
+    """A dataset's images under other labels (UNLABELLED for the images whose labels a student never sees)."""
+
+    def __init__(self, dataset: Dataset, labels: torch.Tensor):
+        self.dataset, self.labels = dataset, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.dataset[index][0], int(self.labels[index])
+
+
+def _joined(labelled: Dataset, unlabelled: Dataset) -> Dataset:
+    """`labelled`, then `unlabelled`. Two subsets of one dataset stay one subset of it (so that images held
+    in memory are still sliced from one tensor); anything else is concatenated."""
+    inner = unlabelled.dataset if isinstance(unlabelled, Relabelled) else unlabelled
+    if isinstance(labelled, Subset) and isinstance(inner, Subset) and labelled.dataset is inner.dataset:
+        both = Subset(labelled.dataset, [*labelled.indices, *inner.indices])
+        labels = np.concatenate([labels_of(labelled), labels_of(unlabelled)])
+        return Relabelled(both, torch.as_tensor(labels, dtype=torch.long))
+    return ConcatDataset([labelled, unlabelled])
 
 
 class Batches:
@@ -121,7 +164,7 @@ class Batches:
             for batch in self.batches:
                 index = torch.tensor(batch)
                 rows = positions[index] if positions is not None else index
-                yield images[rows], labels[rows], index
+                yield images[rows], labels[index], index
             return
         # A generator of its own, so the loader's worker-seed draw leaves the global RNG (which random
         # augmentations draw from) as DataLoader(shuffle=True, generator=...) always left it.
@@ -144,8 +187,10 @@ class _Indexed(Dataset):
 
 
 def _in_memory(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
-    """(all transformed images, all labels, positions of `dataset`'s samples in them) when the dataset is
-    a deterministic TensorImages, or a subset of one; None otherwise."""
+    """(all transformed images, the labels of `dataset`'s samples, positions of its samples in the images)
+    when the dataset is a deterministic TensorImages, or a subset of one (relabelled or not); else None."""
+    labels = dataset.labels if isinstance(dataset, Relabelled) else None
+    dataset = dataset.dataset if isinstance(dataset, Relabelled) else dataset
     positions = None
     while isinstance(dataset, Subset):
         indices = torch.as_tensor(dataset.indices)
@@ -153,21 +198,28 @@ def _in_memory(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
         dataset = dataset.dataset
     if not isinstance(dataset, TensorImages) or dataset.transformed() is None:
         return None
-    return dataset.transformed(), dataset.labels, positions
+    if labels is None:
+        labels = dataset.labels if positions is None else dataset.labels[positions]
+    return dataset.transformed(), labels, positions
 
 
 def class_balance(labels: np.ndarray, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """For `data.balance`: per class, 1 / its share of the images, scaled to a mean of 1 over the images
-    (a class without images gets 0), and per image, its class's weight (what the sampler draws by)."""
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    per_class = np.where(counts > 0, len(labels) / np.maximum(counts, 1) / max((counts > 0).sum(), 1), 0.0)
-    return torch.tensor(per_class, dtype=torch.float32), torch.tensor(per_class[labels], dtype=torch.float32)
+    """For `data.balance`: per class, 1 / its share of the labelled images, scaled to a mean of 1 over them
+    (a class without images gets 0), and per image, its class's weight (what the sampler draws by; an
+    unlabelled image 1, the mean)."""
+    labelled = labels != UNLABELLED
+    counts = np.bincount(labels[labelled], minlength=num_classes).astype(np.float64)
+    per_class = np.where(counts > 0, labelled.sum() / np.maximum(counts, 1) / max((counts > 0).sum(), 1), 0.0)
+    per_image = np.where(labelled, per_class[np.where(labelled, labels, 0)], 1.0)
+    return torch.tensor(per_class, dtype=torch.float32), torch.tensor(per_image, dtype=torch.float32)
 
 
 def labels_of(dataset: Dataset) -> np.ndarray:
     """Every label of a dataset without loading its images."""
-    if isinstance(dataset, TensorImages):
+    if isinstance(dataset, TensorImages | Relabelled):
         return dataset.labels.numpy()
+    if isinstance(dataset, ConcatDataset):
+        return np.concatenate([labels_of(part) for part in dataset.datasets])
     if isinstance(dataset, Subset):
         return labels_of(dataset.dataset)[np.asarray(dataset.indices)]
     if hasattr(dataset, "targets"):
@@ -180,7 +232,8 @@ def transfer_set(bundle: DataBundle, config: DataConfig, seed: int) -> DataBundl
 
     `data.exclude_classes` removes classes (the mythical-digit experiment) and `data.transfer_fraction`
     keeps a stratified share of what remains (the low-data regime where soft targets matter most,
-    Hinton et al. 2015 §6). Validation and test splits are never touched.
+    Hinton et al. 2015 §6). `data.unlabelled: rest` keeps the share left out as unlabelled images (an
+    unlabelled transfer set, ibid. §2). Validation and test splits are never touched.
     """
     unknown = [c for c in config.exclude_classes if not 0 <= c < bundle.num_classes]
     if unknown:
@@ -201,10 +254,26 @@ def transfer_set(bundle: DataBundle, config: DataConfig, seed: int) -> DataBundl
             )
         keep, _ = train_test_split(keep, train_size=config.transfer_fraction, random_state=seed, stratify=labels[keep])
         keep = np.sort(keep)
+    unlabelled = {}
+    if config.unlabelled == "rest":
+        rest = np.setdiff1d(np.flatnonzero(~np.isin(labels, config.exclude_classes)), keep)
+        if not len(rest):
+            raise DataError(
+                "data.unlabelled: rest, but data.transfer_fraction keeps every training image; lower it "
+                "(the images it leaves out are the unlabelled ones)"
+            )
+        hidden = torch.full((len(rest),), UNLABELLED, dtype=torch.long)
+        unlabelled = {
+            "unlabelled": Relabelled(Subset(bundle.train, rest.tolist()), hidden),
+            "unlabelled_eval": Relabelled(Subset(bundle.train_eval, rest.tolist()), hidden),
+        }
     if len(keep) == len(labels):
         return bundle
     return replace(
-        bundle, train=Subset(bundle.train, keep.tolist()), train_eval=Subset(bundle.train_eval, keep.tolist())
+        bundle,
+        train=Subset(bundle.train, keep.tolist()),
+        train_eval=Subset(bundle.train_eval, keep.tolist()),
+        **unlabelled,
     )
 
 

@@ -17,7 +17,8 @@ import yaml
 from rich.console import Console
 from torch import nn
 
-from edgekd.data import Batches, DataBundle, has_random_augmentation, load_data, transfer_set
+from edgekd.data import Batches, DataBundle, has_random_augmentation, load_data
+from edgekd.datasets.unlabelled import students_data
 from edgekd.distributed import World
 from edgekd.ensemble import TeacherEnsemble
 from edgekd.errors import EdgeKDError, RecipeError, RunDirError
@@ -134,7 +135,7 @@ def distill(
     # Everything that can reject the input runs before the run directory is touched.
     check_recipe(recipe)
     data = data if data is not None else load_data(recipe.data, recipe.seed)
-    transfer = transfer_set(data, recipe.data, recipe.seed)  # the teachers learn from all of `data`
+    transfer = students_data(data, recipe.data, recipe.seed)  # the teachers learn from all of `data`
     built = build_models(recipe, data, teacher)
     run = RunDir(run_dir)
     with run.locked() if world.main else contextlib.nullcontext():
@@ -149,8 +150,13 @@ def distill(
             f"{data.num_classes} classes, {len(data.train)} train / {len(data.val)} val / {len(data.test)} test "
             f"images, on {runtime.device.type}" + (f", {world.size} processes" if world.distributed else "")
         )
-        for note in data.notes:
+        for note in [*data.notes, *transfer.notes[len(data.notes) :]]:
             console.print(f"[dim]data: {note}[/dim]")
+        if transfer.unlabelled is not None:
+            console.print(
+                f"students: {len(transfer.train):,} labelled training images; the distilled student also learns "
+                f"from {len(transfer.unlabelled):,} unlabelled ones (data.unlabelled)"
+            )
         teacher, results = train_teachers(session)
         if recipe.baseline.enabled:
             results["baseline"] = train_baseline(session)
@@ -241,7 +247,7 @@ class Session:
     recipe: Recipe
     run: RunDir
     data: DataBundle  # everything: the teachers learn from its training split
-    transfer: DataBundle  # the students' training images (data.transfer_fraction, exclude_classes)
+    transfer: DataBundle  # the students' training images (data.transfer_fraction, exclude_classes, unlabelled)
     runtime: Runtime
     world: World
     console: Console
@@ -268,7 +274,7 @@ class Session:
         a scratch folder)."""
         runtime = Runtime.of(recipe)
         world = world or World.from_environment(runtime.device.type)
-        transfer = transfer if transfer is not None else transfer_set(data, recipe.data, recipe.seed)
+        transfer = transfer if transfer is not None else students_data(data, recipe.data, recipe.seed)
         board = run.tensorboard if recipe.log.tensorboard and world.main else None
         metrics = MetricsLog(run.metrics, tensorboard=board)
         return cls(recipe, run, data, transfer, runtime, world, console, metrics, resume)
@@ -385,6 +391,7 @@ def train_student(
     session: Session, teacher: nn.Module | None, baseline: nn.Module | None = None
 ) -> tuple[nn.Module, StageResult]:
     recipe, data = session.recipe, session.data
+    learns_from = session.transfer.with_unlabelled()  # the baseline saw the labelled images alone
 
     def peer(k: int) -> nn.Module:  # co-distillation's extra students, each from its own initial weights
         return session.build(recipe.student.model_copy(update={"pretrained": False, "checkpoint": None}),
@@ -396,7 +403,7 @@ def train_student(
             data.image_size,
             new_student=peer,
             world=session.world,
-            train_images=len(session.transfer.train),
+            train_images=len(learns_from.train),
             baseline=copy.deepcopy(baseline) if baseline is not None else None,
             data=data,
             runtime=session.runtime,
@@ -406,7 +413,7 @@ def train_student(
         return build_method(recipe.distill, model, teacher, context)
 
     seed = recipe.seed + STUDENT_SEED_OFFSET
-    return session.stage("student", recipe.student, seed, recipe.distill, session.transfer, method_for)
+    return session.stage("student", recipe.student, seed, recipe.distill, learns_from, method_for)
 
 
 def teacher_cache_decision(recipe: Recipe, method, data: DataBundle) -> tuple[bool, str]:
@@ -470,7 +477,11 @@ def summarise(session: Session, results: dict[str, Any], *, teacher_results: lis
         in_chans=data.in_chans,
         num_classes=data.num_classes,
         test_images=len(data.test),
-        train_images={"teacher": len(data.train), "students": len(session.transfer.train)},
+        train_images={
+            "teacher": len(data.train),
+            "students": len(session.transfer.train),
+            "unlabelled": len(session.transfer.unlabelled) if session.transfer.unlabelled is not None else 0,
+        },
         device=session.runtime.device.type,
         processes=session.world.size,
         teacher=stages.get("teacher"),

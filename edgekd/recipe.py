@@ -117,6 +117,12 @@ class Recipe(StrictModel):
             if not method.accepts_ensemble:
                 able = ", ".join(name for name, entry in METHODS if entry.accepts_ensemble)
                 raise ValueError(f"a teacher list (ensemble) works with methods {able}, not {method.name}")
+        if self.data.unlabelled is not None and not method.accepts_unlabelled:
+            able = ", ".join(name for name, entry in METHODS if entry.accepts_unlabelled)
+            raise ValueError(
+                f"data.unlabelled: method {method.name} needs every image's label; methods that learn from "
+                f"unlabelled images: {able}"
+            )
         return self
 
     @property
@@ -127,11 +133,10 @@ class Recipe(StrictModel):
         return self.teacher if isinstance(self.teacher, list) else [self.teacher]
 
     def baseline_train_config(self) -> TrainConfig:
-        """The distill stage's training settings, with the baseline's own lr if it has one."""
+        """The distill stage's training settings, with the baseline's own lr and epochs if it has them."""
         settings = TrainConfig.model_validate(self.distill.model_dump(include=set(TrainConfig.model_fields)))
-        if self.baseline.lr is not None:
-            settings = settings.model_copy(update={"lr": self.baseline.lr})
-        return settings
+        own = {key: getattr(self.baseline, key) for key in ("lr", "epochs") if getattr(self.baseline, key) is not None}
+        return settings.model_copy(update=own) if own else settings
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

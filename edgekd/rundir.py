@@ -300,7 +300,9 @@ class Summary(BaseModel):
     in_chans: int
     num_classes: int
     test_images: int
-    train_images: dict[str, int] = Field(description="{teacher: n, students: n}")
+    train_images: dict[str, int] = Field(
+        description="{teacher: n, students: n (labelled), unlabelled: n (the distilled student's data.unlabelled)}"
+    )
     device: str
     processes: int = 1
     teacher: StageSummary | None = None

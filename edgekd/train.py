@@ -413,6 +413,7 @@ class _Running:
     def __init__(self):
         self.terms: dict[str, torch.Tensor] = {}
         self.correct = torch.zeros((), dtype=torch.long)
+        self.labelled = torch.zeros((), dtype=torch.long)  # the accuracy's denominator: images with a label
         self.seen = 0
 
     @torch.no_grad()
@@ -420,7 +421,8 @@ class _Running:
         for name, value in losses.items():
             weighted = value.detach().float() * len(labels)
             self.terms[name] = self.terms[name] + weighted if name in self.terms else weighted
-        self.correct = self.correct + (logits.argmax(1) == labels).sum().cpu()
+        self.correct = self.correct + (logits.argmax(1) == labels).sum().cpu()  # never true for UNLABELLED
+        self.labelled = self.labelled + (labels >= 0).sum().cpu()
         self.seen += len(labels)
 
     def per_term(self) -> dict[str, float]:
@@ -432,7 +434,7 @@ class _Running:
 
     @property
     def accuracy(self) -> float:
-        return self.correct.item() / max(self.seen, 1)
+        return self.correct.item() / max(self.labelled.item(), 1)
 
     def check_finite(self, stage: str, epoch: int, step: int, lr: float) -> None:
         loss = self.loss

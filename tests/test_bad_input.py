@@ -66,6 +66,24 @@ def image_folder(classes=("cat", "dog"), bad=None):
     return setup
 
 
+def unlabelled_folder(files):
+    """A folder tmp/photos holding `files` ({name: bytes, or None for a real PNG}), named by data.unlabelled."""
+
+    def setup(tmp, recipe):
+        from PIL import Image
+
+        for name, content in files.items():
+            path = tmp / "photos" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if content is None:
+                Image.new("RGB", (8, 8)).save(path)
+            else:
+                path.write_bytes(content)
+        recipe["data"]["unlabelled"] = str(tmp / "photos")
+
+    return setup
+
+
 def teacher_checkpoint(content):
     def setup(tmp, recipe):
         path = tmp / "teacher.pt"
@@ -164,6 +182,27 @@ CASES = [
         "notes.jpg is not a readable image",
     ),
     ("cifar missing", edit(data={"dataset": "cifar10", "root": "/nonexistent"}), DISTILL, "lacks data_batch_1"),
+    # ---- unlabelled images
+    ("unlabelled missing", edit(data__unlabelled="/nonexistent/photos"), DISTILL, "data.unlabelled: /nonexistent"),
+    (
+        "unlabelled only junk",
+        unlabelled_folder({".DS_Store": b"Bud1", "trip/._0.png": b"\0\5\26\7", "Thumbs.db": b"\xd0"}),
+        DISTILL,
+        "photos holds no image files",
+    ),
+    (
+        "unlabelled corrupt",
+        unlabelled_folder({"a/0.png": None, "a/b/broken.jpg": b"not a jpeg"}),
+        DISTILL,
+        "data.unlabelled: {tmp}/photos/a/b/broken.jpg is not a readable image",
+    ),
+    ("unlabelled rest of everything", edit(data__unlabelled="rest"), DISTILL, "transfer_fraction keeps every"),
+    (
+        "unlabelled with a method that needs labels",
+        edit(data__unlabelled="rest", data__transfer_fraction=0.5, distill={"method": "dkd", "epochs": 1, "lr": 0.01}),
+        DISTILL,
+        "method dkd needs every image's label",
+    ),
     # ---- teacher weights
     ("checkpoint missing", teacher_checkpoint(None), DISTILL, "does not exist"),
     ("checkpoint a folder", teacher_checkpoint("dir"), DISTILL, "is a directory"),

@@ -235,23 +235,76 @@ def test_resize_rules_keep_or_drop_the_aspect(rule, white_left, white_top_left):
 
 
 def test_imagefolder_reads_the_resize_rule_exif_orientation_and_odd_modes(tmp_path):
-    from edgekd.datasets.imagefolder import _load_image
+    from edgekd.datasets.imagefolder import load_image
 
     write_images(tmp_path, per_class=6)
     wide = Image.fromarray(banded(20, 40)[0].numpy()).convert("RGB")
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: the camera was turned; a viewer rotates by 90°
     wide.save(tmp_path / "cat" / "rotated.jpg", exif=exif)
-    assert _load_image(str(tmp_path / "cat" / "rotated.jpg")).size == (20, 40)  # upright: taller than wide
+    assert load_image(str(tmp_path / "cat" / "rotated.jpg")).size == (20, 40)  # upright: taller than wide
     grey16 = (np.arange(24 * 20).reshape(20, 24) * 128).astype(np.uint16)
     Image.fromarray(grey16).save(tmp_path / "dog" / "sixteen.png")
-    assert np.asarray(_load_image(str(tmp_path / "dog" / "sixteen.png")))[0, 2, 0] == 1  # 256 >> 8, not 255
+    assert np.asarray(load_image(str(tmp_path / "dog" / "sixteen.png")))[0, 2, 0] == 1  # 256 >> 8, not 255
     rgba = Image.new("RGBA", (24, 20), (255, 255, 255, 0))  # white under full transparency
     rgba.save(tmp_path / "dog" / "transparent.png")
-    assert np.asarray(_load_image(str(tmp_path / "dog" / "transparent.png"))).max() == 0  # over black
+    assert np.asarray(load_image(str(tmp_path / "dog" / "transparent.png"))).max() == 0  # over black
     Image.new("CMYK", (24, 20), (0, 0, 0, 0)).save(tmp_path / "dog" / "cmyk.jpg")
     Image.new("P", (24, 20)).save(tmp_path / "dog" / "palette.png")
     for rule in ("crop", "pad", "squash"):
         data = load_data(config(dataset="imagefolder", root=tmp_path, image_size=16, resize=rule), seed=0)
         assert len(data.train) + len(data.val) + len(data.test) == 17
         assert {tuple(data.train[i][0].shape) for i in range(len(data.train))} == {(3, 16, 16)}
+
+
+def test_unlabelled_rest_keeps_the_left_out_training_images_without_labels():
+    """data.unlabelled: rest = the training images transfer_fraction leaves out, labelled UNLABELLED, never
+    a class the students must not see; joined after the labelled ones, still sliced from one tensor."""
+    from edgekd.data import UNLABELLED, Batches, Relabelled, labels_of, transfer_set
+
+    base = config(dataset="digits", image_size=8, channels=1)
+    data = load_data(base, seed=0)
+    chosen = base.model_copy(update={"transfer_fraction": 0.2, "unlabelled": "rest", "exclude_classes": [3]})
+    transfer = transfer_set(data, chosen, seed=0)
+    kept = set(transfer.train.indices)
+    rest = transfer.unlabelled.dataset.indices
+    training = labels_of(data.train)
+    assert kept.isdisjoint(rest) and len(kept) + len(rest) == int((training != 3).sum())
+    assert set(labels_of(transfer.unlabelled)) == {UNLABELLED} and 3 not in set(training[rest])
+    joined = transfer.with_unlabelled()
+    assert isinstance(joined.train_eval, Relabelled) and joined.unlabelled is None
+    labels = labels_of(joined.train_eval)
+    assert (labels[: len(kept)] == training[sorted(kept)]).all() and (labels[len(kept) :] == UNLABELLED).all()
+    images, batch_labels, index = next(iter(Batches(joined.train_eval, 500, shuffle=True, seed=0)))
+    for row in (0, 1, 2, 3):
+        image, label = joined.train_eval[int(index[row])]
+        assert torch.equal(images[row], image) and int(batch_labels[row]) == label
+    with pytest.raises(DataError, match="keeps every training image"):
+        transfer_set(data, base.model_copy(update={"unlabelled": "rest"}), seed=0)
+
+
+def test_an_unlabelled_folder_is_read_in_any_layout_like_the_labelled_images(tmp_path):
+    """Nested folders, upper-case extensions, spaces; junk skipped and counted; each image preprocessed as a
+    training image of the dataset (its size, channels and normalisation)."""
+    from edgekd.data import UNLABELLED
+    from edgekd.datasets.unlabelled import students_data
+
+    photos = tmp_path / "photos"
+    (photos / "2026" / "trip one").mkdir(parents=True)
+    (photos / ".ipynb_checkpoints").mkdir()
+    Image.new("RGB", (30, 20), (255, 255, 255)).save(photos / "IMG (1).PNG")
+    Image.new("L", (9, 12), 0).save(photos / "2026" / "trip one" / "b.bmp")
+    Image.new("RGB", (9, 12)).save(photos / ".ipynb_checkpoints" / "c.png")
+    (photos / "._IMG (1).PNG").write_bytes(b"\0\5\26\7")
+    (photos / "notes.txt").write_text("not an image")
+    base = config(dataset="digits", image_size=8, channels=1)
+    data = load_data(base, seed=0)
+    transfer = students_data(data, base.model_copy(update={"unlabelled": str(photos)}), seed=0)
+    assert len(transfer.unlabelled) == 2 and transfer.notes[-1].endswith("skipped 2 hidden or OS file(s) and folder(s)")
+    for index, pixel in ((0, 0.0), (1, 1.0)):  # sorted: 2026/trip one/b.bmp (black), then IMG (1).PNG (white)
+        image, label = transfer.unlabelled_eval[index]
+        assert label == UNLABELLED and image.shape == data.train_eval[0][0].shape
+        normalised = (pixel - data.mean[0]) / data.std[0]
+        assert torch.allclose(image, torch.full_like(image, normalised), atol=1e-5)
+    joined = transfer.with_unlabelled()
+    assert len(joined.train) == len(data.train) + 2 and joined.train_eval[len(data.train)][1] == UNLABELLED

@@ -376,3 +376,71 @@ def test_codistill_needs_no_teacher(tiny_recipe):
     tiny_recipe["distill"] = {"method": "kd", "epochs": 2, "lr": 0.01}
     with pytest.raises(RecipeError, match="missing required key 'teacher'"):
         parse_recipe(tiny_recipe)
+
+
+# ---------------------------------------------------------------- unlabelled images
+
+
+def test_the_hard_label_loss_skips_unlabelled_images():
+    """CE over the labelled images of the batch only (weighted or not); a batch without one gives 0, in the graph."""
+    from edgekd.data import UNLABELLED, class_balance
+    from edgekd.methods.base import labelled_cross_entropy
+
+    logits = torch.randn(5, 3, requires_grad=True)
+    labels = torch.tensor([0, UNLABELLED, 2, UNLABELLED, 1])
+    weight = torch.tensor([0.5, 1.0, 2.0])
+    known = labels >= 0
+    assert torch.allclose(labelled_cross_entropy(logits, labels), F.cross_entropy(logits[known], labels[known]))
+    assert torch.allclose(
+        labelled_cross_entropy(logits, labels, weight), F.cross_entropy(logits[known], labels[known], weight=weight)
+    )
+    none = labelled_cross_entropy(logits, torch.full((5,), UNLABELLED))
+    none.backward()
+    assert none.item() == 0 and torch.equal(logits.grad, torch.zeros_like(logits))
+    # balance: weights from the labelled images only; an unlabelled image is drawn with the mean weight
+    per_class, per_image = class_balance(np.array([0, 0, 0, 1, UNLABELLED]), 2)
+    assert per_class.tolist() == pytest.approx([2 / 3, 2.0]) and per_image[-1].item() == 1.0
+
+
+def test_kd_learns_from_unlabelled_images_by_the_soft_targets_alone():
+    """An unlabelled image has a KD term and no CE term: its gradient equals that of the KD term alone."""
+    from edgekd.data import UNLABELLED
+    from edgekd.methods.kd import KD
+
+    student, teacher = pair()
+    method = KD(student, teacher, temperature=4.0, w_ce=0.1, w_kd=0.9).train()
+    images = torch.randn(3, 1, 32, 32)
+    logits, losses = method(images, torch.tensor([1, UNLABELLED, 2]))
+    expected_ce = F.cross_entropy(logits[[0, 2]], torch.tensor([1, 2]))
+    assert torch.allclose(losses["ce"], 0.1 * expected_ce)
+    with torch.no_grad():
+        teacher_logits = teacher(images)
+    assert torch.allclose(losses["kd"], 0.9 * kd_loss(logits, teacher_logits.half().float(), 4.0), atol=1e-6)
+
+
+def test_only_methods_whose_losses_need_no_label_take_unlabelled_images(tiny_recipe):
+    able = {name for name, entry in METHODS if entry.accepts_unlabelled}
+    assert {"kd", "hints", "prokt", "mean-teacher"} <= able and not able & {"dkd", "tfkd", "specialists"}
+    tiny_recipe["data"].update(transfer_fraction=0.5, unlabelled="rest")
+    tiny_recipe["distill"] = {"method": "tfkd", "epochs": 1, "lr": 0.01}
+    with pytest.raises(RecipeError, match="method tfkd needs every image's label; methods that learn from"):
+        parse_recipe(tiny_recipe)
+
+
+def test_a_distilled_student_learns_from_unlabelled_images_the_baseline_never_sees(capsys, tmp_path, tiny_recipe):
+    """Through the CLI: the summary counts the images, the baseline trains on the labelled half only."""
+    import json
+
+    import yaml
+    from conftest import run_cli
+
+    tiny_recipe["data"].update(transfer_fraction=0.5, unlabelled="rest")
+    tiny_recipe["baseline"] = {"enabled": True, "epochs": 1}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe))
+    code, out, err = run_cli(capsys, "distill", path, "--out", tmp_path / "run")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["train_images"] == {"teacher": 112, "students": 56, "unlabelled": 56}
+    assert summary["baseline"]["epochs"] == 1 and summary["student"]["epochs"] == 2
+    assert "the distilled student also from 56 unlabelled images" in " ".join(out.split())

@@ -165,12 +165,14 @@ def test_a_real_full_disk_stops_the_run_in_one_line(tmp_path, tiny_recipe, write
     assert len(lines) == 1 and f"no space left in {mount / 'run'}" in lines[0] and "MB free" in lines[0]
 
 
-def test_the_teacher_cache_leaves_the_student_bit_identical(tmp_path):
+@pytest.mark.parametrize("unlabelled", [False, True])
+def test_the_teacher_cache_leaves_the_student_bit_identical(tmp_path, unlabelled):
     """Cached teacher outputs (computed once, in dataset order, in bigger batches) must be exactly what the
-    teacher computes step by step: the same student weights after two epochs, with or without the cache."""
+    teacher computes step by step: the same student weights after two epochs, with or without the cache;
+    also when half the images are unlabelled (the cache holds their soft targets too)."""
     import copy
 
-    from edgekd.data import load_data
+    from edgekd.data import load_data, transfer_set
     from edgekd.datasets.synthetic import SyntheticConfig
     from edgekd.methods.kd import KD
     from edgekd.models import create_model
@@ -180,6 +182,9 @@ def test_the_teacher_cache_leaves_the_student_bit_identical(tmp_path):
         dataset="synthetic", image_size=32, channels=1, synthetic={"num_classes": 4, "samples_per_class": 40}
     )
     data = load_data(config, seed=0)
+    if unlabelled:
+        config = config.model_copy(update={"transfer_fraction": 0.5, "unlabelled": "rest"})
+        data = transfer_set(data, config, seed=0).with_unlabelled()
     runtime = Runtime.from_recipe("cpu", True, False)
     torch.manual_seed(0)
     teacher = create_model("resnet10t", num_classes=4, in_chans=1).eval()

@@ -43,6 +43,7 @@ from rich.console import Console
 
 from edgekd.config import TrainConfig
 from edgekd.data import labels_of, load_data, transfer_set
+from edgekd.datasets.unlabelled import students_data
 from edgekd.exporters import tflite
 from edgekd.exporters.runtimes import LiteRTRunner
 from edgekd.methods import METHODS
@@ -166,6 +167,38 @@ def run_all(baselines: list[Unit], methods: dict[int, list[Unit]], jobs: int, sc
                     pending |= {pool.submit(run_unit, m, scratch, threads, True): m for m in methods[unit.seed]}
 
 
+def row_recipe(base: Recipe, row: Recipe, training: dict) -> Recipe:
+    """The base recipe with the row recipe's distill section under the base's training settings. A row
+    whose recipe adds unlabelled images (data.unlabelled) keeps them and its own epoch count (which its
+    recipe sets to give as many optimiser steps as the base's); the baseline keeps the base's epochs."""
+    if row.data.unlabelled is None:
+        return base.model_copy(update={"distill": row.distill.model_copy(update=training)})
+    if row.data.transfer_fraction != base.data.transfer_fraction:
+        fractions = f"{row.data.transfer_fraction:g}, the base's {base.data.transfer_fraction:g}"
+        raise SystemExit(f"{row.name}: transfer_fraction {fractions}; the rows would not share their labelled images")
+    return base.model_copy(
+        update={
+            "distill": row.distill.model_copy(update={**training, "epochs": row.distill.epochs}),
+            "data": base.data.model_copy(update={"unlabelled": row.data.unlabelled}),
+            "baseline": base.baseline.model_copy(update={"epochs": base.distill.epochs}),
+        }
+    )
+
+
+def unlabelled_note(rows: dict[str, Recipe], data, seed: int) -> str:
+    """What the table says about rows that also learn from unlabelled images."""
+    extra = {name: recipe for name, recipe in rows.items() if recipe.data.unlabelled is not None}
+    if not extra:
+        return ""
+    name, recipe = next(iter(extra.items()))
+    unlabelled = students_data(data, recipe.data, seed).unlabelled
+    return (
+        f" (the row{'s' if len(extra) > 1 else ''} {', '.join(extra)} also from {len(unlabelled):,} unlabelled "
+        f"images, data.unlabelled: {recipe.data.unlabelled}, for {recipe.distill.epochs} epochs: as many "
+        "optimiser steps as the others)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="quickstart", help="recipe giving data, models and training settings")
@@ -185,7 +218,7 @@ def main() -> None:
     options = {item.partition("=")[0]: item.partition("=")[2] or METHODS.get(item).recipe for item in rows_wanted}
     reference = load_recipe(args.base)
     training = reference.distill.model_dump(include=set(TrainConfig.model_fields))
-    configs = {m: load_recipe(options[m]).distill.model_copy(update=training) for m in methods}
+    recipes = {m: row_recipe(reference, load_recipe(options[m]), training) for m in methods}
     smoothed = f"baseline, label smoothing {args.label_smoothing:g}"
     if args.label_smoothing:
         options[smoothed] = f"baseline.label_smoothing: {args.label_smoothing:g}"
@@ -195,9 +228,7 @@ def main() -> None:
     for seed in seeds:
         recipe = reference.model_copy(update={"seed": seed})
         base_units.append(Unit(BASELINE, seed, recipe, "baseline"))
-        method_units[seed] = [
-            Unit(name, seed, recipe.model_copy(update={"distill": configs[name]}), "method") for name in methods
-        ]
+        method_units[seed] = [Unit(m, seed, recipes[m].model_copy(update={"seed": seed}), "method") for m in methods]
     if args.label_smoothing:
         for seed in seeds:  # needs no teacher: runs beside the first seeds' teachers
             recipe = reference.model_copy(update={"seed": seed})
@@ -254,7 +285,8 @@ def main() -> None:
     layout = f"{args.jobs} processes × {threads} thread" if args.jobs > 1 else f"1 process × {threads} threads"
     body = (
         f"Base recipe `{reference.name}`: {reference.description}. The teacher ({reference.teachers[0].model}) "
-        f"learns from {len(data.train):,} training images, every student from {len(transfer.train):,}; "
+        f"learns from {len(data.train):,} training images, every student from {len(transfer.train):,}"
+        f"{unlabelled_note(recipes, data, seeds[0])}; "
         f"{len(data.test):,} test images. {settings.epochs} epochs {settings.optimizer} {settings.schedule}, "
         f"lr {settings.lr:g} for the distilled students and {reference.baseline_train_config().lr:g} for the "
         f"baseline (each picked on validation; see the learning-rate sections), seeds {args.seeds}; "

@@ -105,23 +105,14 @@ class _Reader:
         self.checked: set[Path] = set()
         self.notes: list[str] = []  # what the log should say about the folders
 
-    def transform(self, train: bool) -> v2.Compose:
-        steps: list = [v2.ToImage()]
-        if self.config.channels == 1:
-            steps.append(v2.Grayscale(1))
-        steps += resize_steps(self.config.resize, self.config.image_size)
-        if train:
-            steps += augmentations(self.config)
-        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)]
-        return v2.Compose(steps)
-
     def folder(self, path: Path, train: bool) -> ImageFolder:
+        transform = image_transform(self.config, self.mean, self.std, train)
         try:
-            images = _ClassFolders(str(path), transform=self.transform(train), loader=_load_image)
+            images = _ClassFolders(str(path), transform=transform, loader=load_image)
         except (FileNotFoundError, OSError) as exc:
             raise DataError(f"imagefolder: {path}: {exc}; expected one subfolder per class holding images") from None
         if path not in self.checked:
-            _check_images(images)
+            check_images([file for file, _ in images.samples], "imagefolder")
             self.checked.add(path)
             if images.skipped:
                 self.notes.append(f"{path}: skipped {images.skipped} hidden or OS file(s) and folder(s)")
@@ -143,16 +134,38 @@ class _Reader:
         return split
 
 
-def _check_images(images) -> None:
-    """Stop at the first file that is not a readable image, naming it (before any run directory exists).
-    PIL's verify() reads headers and checksums without decoding every pixel, so this stays cheap."""
-    for path, _ in images.samples:
+def image_transform(config: DataConfig, mean: tuple[float, ...], std: tuple[float, ...], train: bool) -> v2.Compose:
+    """A decoded RGB image → the model's input: the recipe's channels, resize rule and (when training)
+    augmentation, then normalisation."""
+    steps: list = [v2.ToImage()]
+    if config.channels == 1:
+        steps.append(to_grey)
+    steps += resize_steps(config.resize, config.image_size)
+    if train:
+        steps += augmentations(config)
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    return v2.Compose(steps)
+
+
+def to_grey(image: torch.Tensor) -> torch.Tensor:
+    """3×H×W uint8 RGB → 1×H×W grey: ITU-R BT.601 luma in integers, rounded, (299 R + 587 G + 114 B + 500) //
+    1000. Grey stays grey (torchvision's Grayscale truncates on uint8: white becomes 254), and a device's
+    integer code computes the same byte."""
+    red, green, blue = image.to(torch.int32).unbind(-3)
+    return ((299 * red + 587 * green + 114 * blue + 500) // 1000).to(torch.uint8).unsqueeze(-3)
+
+
+def check_images(paths: list[str], key: str) -> None:
+    """Stop at the first file that is not a readable image, naming it and the recipe key that led to it
+    (before any run directory exists). PIL's verify() reads headers and checksums without decoding every
+    pixel, so this stays cheap."""
+    for path in paths:
         try:
             with Image.open(path) as image:
                 image.verify()
         except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for a bad file
             raise DataError(
-                f"imagefolder: {path} is not a readable image ({type(exc).__name__}); remove or replace it"
+                f"{key}: {path} is not a readable image ({type(exc).__name__}); remove or replace it"
             ) from None
 
 
@@ -186,11 +199,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _load_image(path: str):
+def load_image(path: str):
     """torchvision's loader, turned upright by the file's EXIF orientation (as a phone's viewer shows it)
     and converted by `to_rgb`; a damaged file (one that passed the header check) named in one line."""
     try:
         with open(path, "rb") as handle:
             return to_rgb(ImageOps.exif_transpose(Image.open(handle)))
     except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for a bad file
-        raise DataError(f"imagefolder: {path} cannot be decoded ({type(exc).__name__}); remove or replace it") from None
+        raise DataError(f"image {path} cannot be decoded ({type(exc).__name__}); remove or replace it") from None

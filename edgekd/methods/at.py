@@ -43,7 +43,7 @@ def attention_loss(student_features: torch.Tensor, teacher_features: torch.Tenso
     return (attention_map(student_features, p, size) - attention_map(teacher_features, p)).pow(2).mean()
 
 
-@register_method("at", config=ATConfig, recipe="mnist5k_at")
+@register_method("at", config=ATConfig, accepts_unlabelled=True, recipe="mnist5k_at")
 class AttentionTransfer(StagePairMethod):
     loss_name = "at"
 

@@ -17,6 +17,20 @@ from torch import nn
 from edgekd.methods.features import logits_and_features
 
 
+def labelled_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None, **kwargs
+) -> torch.Tensor:
+    """Cross-entropy over the batch's labelled images (a label of -1, UNLABELLED, has no hard-label loss;
+    a batch without a labelled image a loss of 0), `weight`ed per class when given (a weighted mean)."""
+    weight = None if weight is None else weight.to(logits.device, logits.dtype)
+    labelled = labels >= 0
+    if not labelled.all():
+        if not labelled.any():
+            return logits.sum() * 0.0  # still part of the graph, as DDP wants every loss to be
+        logits, labels = logits[labelled], labels[labelled]
+    return F.cross_entropy(logits, labels, weight=weight, **kwargs)
+
+
 class DistillMethod(nn.Module):
     # DDP must look for parameters a step leaves unused (a stage that trains only part of the model).
     skips_parameters = False
@@ -30,8 +44,7 @@ class DistillMethod(nn.Module):
 
     def cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor, **kwargs) -> torch.Tensor:
         """The hard-label loss: weighted per class when the recipe balances by weights (a weighted mean)."""
-        weight = None if self.class_weights is None else self.class_weights.to(logits.device, logits.dtype)
-        return F.cross_entropy(logits, labels, weight=weight, **kwargs)
+        return labelled_cross_entropy(logits, labels, self.class_weights, **kwargs)
 
     def forward(
         self, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor | None = None

@@ -42,7 +42,9 @@ def peer_targets(logits: list[torch.Tensor], temperature: float) -> list[torch.T
     return [((total - probs[i]) / (len(logits) - 1)).clamp_min(1e-12).log() for i in range(len(logits))]
 
 
-@register_method("codistill", config=CoDistillConfig, needs_teacher=False, recipe="mnist5k_codistill")
+@register_method(
+    "codistill", config=CoDistillConfig, accepts_unlabelled=True, needs_teacher=False, recipe="mnist5k_codistill"
+)
 class CoDistillation(DistillMethod):
     def __init__(self, students: list[nn.Module], *, w_ce: float, w_kd: float, temperature: float, warmup_epochs: int):
         super().__init__(students[0])

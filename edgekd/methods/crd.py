@@ -98,7 +98,7 @@ class ContrastMemory(nn.Module):
             memory[index] = F.normalize(moved, dim=1)
 
 
-@register_method("crd", config=CRDConfig, recipe="mnist5k_crd")
+@register_method("crd", config=CRDConfig, accepts_unlabelled=True, recipe="mnist5k_crd")
 class CRD(FrozenTeacherMethod):
     def __init__(
         self,

@@ -61,7 +61,7 @@ class Connector(nn.Module):
         return mapped
 
 
-@register_method("hints", config=HintsConfig, recipe="mnist5k_hints")
+@register_method("hints", config=HintsConfig, accepts_unlabelled=True, recipe="mnist5k_hints")
 class Hints(FrozenTeacherMethod):
     def __init__(
         self,

@@ -43,7 +43,9 @@ class KDConfig(DistillSettings, MixOptions):
     ensemble: EnsembleRule = Field("arithmetic", description="how a teacher list's targets mix")
 
 
-@register_method("kd", config=KDConfig, accepts_ensemble=True, default=True, recipe="quickstart")
+@register_method(
+    "kd", config=KDConfig, accepts_unlabelled=True, accepts_ensemble=True, default=True, recipe="quickstart"
+)
 class KD(FrozenTeacherMethod):
     def __init__(
         self,

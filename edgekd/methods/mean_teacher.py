@@ -60,7 +60,13 @@ def sigmoid_rampup(epoch: float, length: float) -> float:
     return math.exp(-5.0 * phase * phase)
 
 
-@register_method("mean-teacher", config=MeanTeacherConfig, needs_teacher=False, recipe="mnist5k_mean_teacher")
+@register_method(
+    "mean-teacher",
+    config=MeanTeacherConfig,
+    accepts_unlabelled=True,
+    needs_teacher=False,
+    recipe="mnist5k_mean_teacher",
+)
 class MeanTeacher(DistillMethod):
     results_key = "mean_teacher"
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from edgekd.config import StrictModel
+from edgekd.methods.base import labelled_cross_entropy
 
 MixKind = Literal["none", "mixup", "cutmix"]
 
@@ -67,6 +67,6 @@ def _beta(alpha: float, generator: torch.Generator | None) -> float:
 def mixed_cross_entropy(
     logits: torch.Tensor, labels: torch.Tensor, partner: torch.Tensor, lam: float, weight: torch.Tensor | None = None
 ):
-    return lam * F.cross_entropy(logits, labels, weight=weight) + (1 - lam) * F.cross_entropy(
-        logits, labels[partner], weight=weight
+    return lam * labelled_cross_entropy(logits, labels, weight) + (1 - lam) * labelled_cross_entropy(
+        logits, labels[partner], weight
     )

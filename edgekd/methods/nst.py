@@ -63,7 +63,7 @@ def nst_loss(student: torch.Tensor, teacher: torch.Tensor, degree: int = 2, cons
     return mmd.mean()
 
 
-@register_method("nst", config=NSTConfig, recipe="mnist5k_nst")
+@register_method("nst", config=NSTConfig, accepts_unlabelled=True, recipe="mnist5k_nst")
 class NST(StagePairMethod):
     loss_name = "nst"
 

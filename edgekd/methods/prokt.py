@@ -28,7 +28,7 @@ from torch import nn
 
 from edgekd.config import DistillSettings
 from edgekd.distributed import World
-from edgekd.methods.base import DistillMethod
+from edgekd.methods.base import DistillMethod, labelled_cross_entropy
 from edgekd.methods.kd import kd_loss
 from edgekd.methods.registry import register_method
 
@@ -51,17 +51,18 @@ def teacher_loss(
     kl_weight: float,
     weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(1 − λ)·CE(y, p_T) + λ·KL(q_s ‖ p_T): the student's distribution is the target."""
+    """(1 − λ)·CE(y, p_T) + λ·KL(q_s ‖ p_T): the student's distribution is the target (CE on the labelled
+    images only)."""
     kl = F.kl_div(
         F.log_softmax(teacher_logits, dim=1),
         F.log_softmax(student_logits, dim=1),
         reduction="batchmean",
         log_target=True,
     )
-    return (1 - kl_weight) * F.cross_entropy(teacher_logits, labels, weight=weight) + kl_weight * kl
+    return (1 - kl_weight) * labelled_cross_entropy(teacher_logits, labels, weight) + kl_weight * kl
 
 
-@register_method("prokt", config=ProKTConfig, trains_teacher=True, recipe="mnist5k_prokt")
+@register_method("prokt", config=ProKTConfig, accepts_unlabelled=True, trains_teacher=True, recipe="mnist5k_prokt")
 class ProKT(DistillMethod):
     def __init__(
         self,

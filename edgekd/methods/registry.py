@@ -31,6 +31,7 @@ class MethodEntry:
     needs_teacher: bool = True
     accepts_ensemble: bool = False
     trains_teacher: bool = False
+    accepts_unlabelled: bool = False  # its loss on an image without a label (label -1) needs no label
     needs_baseline: bool = False  # learns from the run's baseline student (teacher-free KD's self-teacher)
     default: bool = False  # what a recipe without `distill.method` uses
     recipe: str | None = None  # the bundled recipe that shows the method (its options for the methods table)
