@@ -28,6 +28,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import shlex
 import shutil
 import statistics
 import tempfile
@@ -298,12 +299,12 @@ def main() -> None:
     )
     every = parser.get_default("methods")
     subset = "" if args.methods == every else f" ({', '.join(methods)})"  # a subset gets a section of its own
-    jobs = f" --jobs {args.jobs}" if args.jobs > 1 else ""
-    write_section(
-        f"distillation methods: {reference.name}{subset}",
-        f"python benchmarks/suite/methods.py --base {args.base} --seeds {args.seeds} --methods {args.methods}{jobs}",
-        body,
-    )
+    options = [f"--label-smoothing {args.label_smoothing:g}"] if args.label_smoothing != 0.1 else []
+    options += [f"--jobs {args.jobs}"] if args.jobs > 1 else []
+    options += [f"--record {shlex.quote(str(args.record))}"] if args.record else []
+    command = f"--base {args.base} --seeds {args.seeds} --methods {shlex.quote(args.methods)} {' '.join(options)}"
+    command = f"python benchmarks/suite/methods.py {command}".strip()
+    write_section(f"distillation methods: {reference.name}{subset}", command, body)
 
 
 if __name__ == "__main__":
