@@ -201,7 +201,7 @@ def test_imagefolder_skips_hidden_and_os_files_and_counts_them(tmp_path):
     data = load_data(config(dataset="imagefolder", root=tmp_path, image_size=16, splits={"val": 0.2}), seed=0)
     assert data.class_names == ["cat", "dog"]
     assert len(data.train) + len(data.val) + len(data.test) == 11
-    assert data.notes == [f"{tmp_path}: skipped 6 hidden or OS file(s) and folder(s)"]
+    assert data.notes[0] == f"{tmp_path}: skipped 6 hidden or OS file(s) and folder(s)"
 
 
 def test_a_class_folder_left_empty_by_the_junk_filter_is_named(tmp_path):
@@ -300,7 +300,7 @@ def test_an_unlabelled_folder_is_read_in_any_layout_like_the_labelled_images(tmp
     base = config(dataset="digits", image_size=8, channels=1)
     data = load_data(base, seed=0)
     transfer = students_data(data, base.model_copy(update={"unlabelled": str(photos)}), seed=0)
-    assert len(transfer.unlabelled) == 2 and transfer.notes[-1].endswith("skipped 2 hidden or OS file(s) and folder(s)")
+    assert len(transfer.unlabelled) == 2 and "skipped 2 hidden or OS file(s) and folder(s)" in transfer.notes[-2]
     for index, pixel in ((0, 0.0), (1, 1.0)):  # sorted: 2026/trip one/b.bmp (black), then IMG (1).PNG (white)
         image, label = transfer.unlabelled_eval[index]
         assert label == UNLABELLED and image.shape == data.train_eval[0][0].shape
@@ -308,3 +308,32 @@ def test_an_unlabelled_folder_is_read_in_any_layout_like_the_labelled_images(tmp
         assert torch.allclose(image, torch.full_like(image, normalised), atol=1e-5)
     joined = transfer.with_unlabelled()
     assert len(joined.train) == len(data.train) + 2 and joined.train_eval[len(data.train)][1] == UNLABELLED
+
+
+def test_an_imagefolder_is_decoded_once_and_a_second_run_reads_the_decode_cache(tmp_path, monkeypatch):
+    """Decoding happens once per file (before any training), into edgekd's cache; the next load decodes
+    nothing and gives the same images; a changed file invalidates its folder's entry. A file that passes the
+    header check but cannot be decoded is named at load time."""
+    from edgekd.datasets import imagefolder
+
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
+    write_images(tmp_path / "images", per_class=6)
+    decoded = []
+    real = imagefolder.load_image
+    monkeypatch.setattr(imagefolder, "load_image", lambda path: decoded.append(path) or real(path))
+    settings = config(dataset="imagefolder", root=tmp_path / "images", image_size=16, splits={"val": 0.2})
+    first = load_data(settings, seed=0)
+    assert len(decoded) == 12 and first.notes[-1].startswith("decoded 12 images once")
+    decoded.clear()
+    second = load_data(settings, seed=0)
+    assert decoded == [] and second.notes[-1].startswith("12 images from the decode cache")
+    assert all(torch.equal(first.train_eval[i][0], second.train_eval[i][0]) for i in range(len(first.train_eval)))
+    Image.new("RGB", (20, 24), (255, 0, 0)).save(tmp_path / "images" / "cat" / "0.png")
+    load_data(settings, seed=0)
+    assert len(decoded) == 12, "a changed file: the folder is decoded again"
+    # A JPEG cut short passes PIL's header check; decoding it fails, at load time, naming it.
+    whole = tmp_path / "whole.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(whole)
+    (tmp_path / "images" / "dog" / "cut short.jpg").write_bytes(whole.read_bytes()[: whole.stat().st_size * 2 // 3])
+    with pytest.raises(DataError, match="cut short.jpg cannot be decoded"):
+        load_data(settings, seed=0)

@@ -2,21 +2,37 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+from rich.console import Console
+from rich.progress import track
 from torch.utils.data import Dataset, Subset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 from torchvision.transforms import v2
 
+from edgekd.cache import cache_dir
 from edgekd.config import DataConfig
-from edgekd.data import DataBundle, augmentations, register_dataset, stratified
+from edgekd.data import (
+    DataBundle,
+    TensorImages,
+    augmentations,
+    has_random_augmentation,
+    labels_of,
+    register_dataset,
+    stratified,
+)
 from edgekd.errors import DataError
 
+DECODE_VERSION = 1  # raise when decoding changes what a cached image holds
+IN_MEMORY_BYTES = 2 << 30  # decoded images larger than this are memory-mapped from the cache
+FLOAT_COPY_BYTES = 2 << 30  # the most a normalised float copy of all images may take
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # What operating systems and tools leave in a folder of photos: never an image, never a class. Hidden
@@ -34,9 +50,9 @@ class _ClassFolders(ImageFolder):
     """torchvision's ImageFolder without the junk: hidden and OS folders are no classes, hidden and OS
     files no images. `skipped` counts what was left out."""
 
-    def __init__(self, root: str, **options):
+    def __init__(self, root: str):
         self.skipped = 0
-        super().__init__(root, is_valid_file=self._is_image, **options)
+        super().__init__(root, is_valid_file=self._is_image)
 
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
         entries = sorted((entry for entry in os.scandir(directory) if entry.is_dir()), key=lambda entry: entry.name)
@@ -61,27 +77,26 @@ def imagefolder(config: DataConfig, seed: int) -> DataBundle:
         raise DataError(f"imagefolder: data.root {root} is not a folder; point it at a folder of class subfolders")
     reader = _Reader(config)
     has_train = (root / "train").is_dir()
-    source = root / "train" if has_train else root
-    train_full, eval_full = reader.folder(source, train=True), reader.folder(source, train=False)
-    labels = np.array(train_full.targets)
+    train_full, train_eval_full, classes = reader.folder(root / "train" if has_train else root)
+    labels = labels_of(train_full)
     indices = np.arange(len(labels))
     if has_train and (root / "test").is_dir():
-        test: Dataset = reader.split(root / "test", train_full)
+        test: Dataset = reader.split(root / "test", classes)
     else:
         indices, test_idx = stratified(indices, labels, config.splits.test, seed)
-        test = Subset(eval_full, test_idx)
+        test = Subset(train_eval_full, test_idx)
     if has_train and (root / "val").is_dir():
-        train_idx, val = indices, reader.split(root / "val", train_full)
+        train_idx, val = indices, reader.split(root / "val", classes)
     else:
         train_idx, val_idx = stratified(indices, labels[indices], config.splits.val, seed)
-        val = Subset(eval_full, val_idx)
+        val = Subset(train_eval_full, val_idx)
     return DataBundle(
         train=Subset(train_full, train_idx),
         val=val,
         test=test,
-        train_eval=Subset(eval_full, train_idx),
-        num_classes=len(train_full.classes),
-        class_names=list(train_full.classes),
+        train_eval=Subset(train_eval_full, train_idx),
+        num_classes=len(classes),
+        class_names=classes,
         in_chans=config.channels,
         image_size=config.image_size,
         mean=reader.mean,
@@ -91,8 +106,8 @@ def imagefolder(config: DataConfig, seed: int) -> DataBundle:
 
 
 class _Reader:
-    """Class folders as torchvision ImageFolders with the recipe's transforms, each folder's files
-    checked once."""
+    """Class folders, each file checked and decoded once (`decoded_images`), as in-memory images with the
+    recipe's transforms."""
 
     def __init__(self, config: DataConfig):
         self.config = config
@@ -102,49 +117,90 @@ class _Reader:
             self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
         else:
             self.mean, self.std = (0.5,), (0.25,)
-        self.checked: set[Path] = set()
         self.notes: list[str] = []  # what the log should say about the folders
 
-    def folder(self, path: Path, train: bool) -> ImageFolder:
-        transform = image_transform(self.config, self.mean, self.std, train)
+    def folder(self, path: Path) -> tuple[TensorImages, TensorImages, list[str]]:
+        """(the folder's images for training, the same without augmentation, its class names)."""
         try:
-            images = _ClassFolders(str(path), transform=transform, loader=load_image)
+            listing = _ClassFolders(str(path))
         except (FileNotFoundError, OSError) as exc:
             raise DataError(f"imagefolder: {path}: {exc}; expected one subfolder per class holding images") from None
-        if path not in self.checked:
-            check_images([file for file, _ in images.samples], "imagefolder")
-            self.checked.add(path)
-            if images.skipped:
-                self.notes.append(f"{path}: skipped {images.skipped} hidden or OS file(s) and folder(s)")
-        if len(images.classes) < 2:
+        if listing.skipped:
+            self.notes.append(f"{path}: skipped {listing.skipped} hidden or OS file(s) and folder(s)")
+        if len(listing.classes) < 2:
             raise DataError(
-                f"imagefolder: {path} has {len(images.classes)} class folder ({', '.join(images.classes)}); "
+                f"imagefolder: {path} has {len(listing.classes)} class folder ({', '.join(listing.classes)}); "
                 "a classifier needs at least 2"
             )
-        return images
+        paths = [file for file, _ in listing.samples]
+        images = decoded_images(paths, self.config, "imagefolder", self.notes)
+        labels = torch.tensor(listing.targets, dtype=torch.long)
+        return (*in_memory(images, labels, self.config, self.mean, self.std), list(listing.classes))
 
-    def split(self, path: Path, training: ImageFolder) -> ImageFolder:
+    def split(self, path: Path, classes: list[str]) -> TensorImages:
         """A val/ or test/ folder, which must hold the training folder's classes."""
-        split = self.folder(path, train=False)
-        if split.classes != training.classes:
+        _, split, found = self.folder(path)
+        if found != classes:
             raise DataError(
-                f"imagefolder: {path} has classes {split.classes[:5]}…, the training folder "
-                f"{training.classes[:5]}…; every split needs the same class folders"
+                f"imagefolder: {path} has classes {found[:5]}…, the training folder "
+                f"{classes[:5]}…; every split needs the same class folders"
             )
         return split
 
 
-def image_transform(config: DataConfig, mean: tuple[float, ...], std: tuple[float, ...], train: bool) -> v2.Compose:
-    """A decoded RGB image → the model's input: the recipe's channels, resize rule and (when training)
-    augmentation, then normalisation."""
-    steps: list = [v2.ToImage()]
-    if config.channels == 1:
-        steps.append(to_grey)
-    steps += resize_steps(config.resize, config.image_size)
-    if train:
-        steps += augmentations(config)
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
-    return v2.Compose(steps)
+def in_memory(
+    images: torch.Tensor, labels: torch.Tensor, config: DataConfig, mean: tuple[float, ...], std: tuple[float, ...]
+) -> tuple[TensorImages, TensorImages]:
+    """Decoded uint8 images as (training images, with the recipe's augmentation; the same without). Each
+    is normalised once for all when its float copy fits in FLOAT_COPY_BYTES (batches are then slices of one
+    tensor), else image by image as batches are drawn."""
+    fits = images.numel() * 4 <= FLOAT_COPY_BYTES
+    steps = [v2.ToDtype(torch.float32, scale=True)]
+    normalise = v2.Normalize(mean, std)
+    augment = v2.Compose([*steps, *augmentations(config), normalise])
+    train = TensorImages(images, labels, augment, deterministic=fits and not has_random_augmentation(config))
+    return train, TensorImages(images, labels, v2.Compose([*steps, normalise]), deterministic=fits)
+
+
+def decoded_images(paths: list[str], config: DataConfig, key: str, notes: list[str]) -> torch.Tensor:
+    """Every file decoded once into N×C×S×S uint8 at the training size (EXIF orientation, `to_rgb`, the
+    recipe's channels and resize rule), through a cache in edgekd's cache folder keyed by the files (path,
+    size, modification time) and those settings, so a second run decodes nothing. A file that cannot be
+    decoded stops the load with its name (`key`: the recipe key that led to it), before any run directory
+    exists. An entry larger than IN_MEMORY_BYTES is memory-mapped, not read into memory."""
+    shape = (len(paths), config.channels, config.image_size, config.image_size)
+    stamp = [DECODE_VERSION, config.channels, config.image_size, config.resize]
+    for path in paths:
+        status = os.stat(path)
+        stamp.append([path, status.st_size, status.st_mtime_ns])
+    entry = cache_dir() / "images" / f"{hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:32]}.npy"
+    big = int(np.prod(shape)) > IN_MEMORY_BYTES
+    if entry.is_file():
+        try:
+            cached = np.load(entry, mmap_mode="c" if big else None)
+            if cached.shape == shape and cached.dtype == np.uint8:
+                notes.append(f"{len(paths):,} images from the decode cache ({entry})")
+                return torch.from_numpy(cached)
+        except (OSError, ValueError):
+            pass  # a damaged entry is decoded again
+    check_images(paths, key)
+    steps: list = [v2.ToImage(), *([to_grey] if config.channels == 1 else [])]
+    decode = v2.Compose([*steps, *resize_steps(config.resize, config.image_size)])
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    partial = entry.with_suffix(f".{os.getpid()}.partial.npy")
+    images = np.lib.format.open_memmap(partial, "w+", np.uint8, shape) if big else np.empty(shape, np.uint8)
+    shown = track(paths, description=f"decoding {len(paths):,} images", console=Console(stderr=True),
+                  transient=True, disable=len(paths) < 1000)  # fmt: skip
+    for index, path in enumerate(shown):
+        images[index] = decode(load_image(path)).numpy()
+    if big:
+        images.flush()
+        del images
+    else:
+        np.save(partial, images)
+    os.replace(partial, entry)
+    notes.append(f"decoded {len(paths):,} images once, into the decode cache ({entry})")
+    return torch.from_numpy(np.load(entry, mmap_mode="c")) if big else torch.from_numpy(images)
 
 
 def to_grey(image: torch.Tensor) -> torch.Tensor:

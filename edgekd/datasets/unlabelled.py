@@ -14,26 +14,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
 from edgekd.config import DataConfig
 from edgekd.data import UNLABELLED, DataBundle, transfer_set
-from edgekd.datasets.imagefolder import check_images, image_transform, is_junk, load_image
+from edgekd.datasets.imagefolder import decoded_images, in_memory, is_junk
 from edgekd.errors import DataError
-
-
-class ImageFiles(Dataset):
-    """Image files without labels: (transformed image, UNLABELLED)."""
-
-    def __init__(self, paths: list[str], transform):
-        self.paths, self.transform = paths, transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.transform(load_image(self.paths[index])), UNLABELLED
 
 
 def image_files(root: Path) -> tuple[list[str], int]:
@@ -48,7 +34,8 @@ def image_files(root: Path) -> tuple[list[str], int]:
 
 def students_data(bundle: DataBundle, config: DataConfig, seed: int) -> DataBundle:
     """What the students learn from: `transfer_set`, with `data.unlabelled`'s folder when it names one.
-    Every file is checked here, so that a bad one stops the run before its directory exists."""
+    Every file is decoded here (once; `decoded_images` caches them), so that a bad one stops the run
+    before its directory exists."""
     transfer = transfer_set(bundle, config, seed)
     if config.unlabelled is None or config.unlabelled == "rest":
         return transfer
@@ -61,13 +48,10 @@ def students_data(bundle: DataBundle, config: DataConfig, seed: int) -> DataBund
             f"data.unlabelled: {root} holds no image files ({', '.join(sorted(IMG_EXTENSIONS))}); add images or "
             "remove the key"
         )
-    check_images(paths, "data.unlabelled")
     notes = [f"{root}: {len(paths):,} unlabelled images"]
     if skipped:
         notes.append(f"{root}: skipped {skipped} hidden or OS file(s) and folder(s)")
-    return replace(
-        transfer,
-        unlabelled=ImageFiles(paths, image_transform(config, bundle.mean, bundle.std, train=True)),
-        unlabelled_eval=ImageFiles(paths, image_transform(config, bundle.mean, bundle.std, train=False)),
-        notes=[*transfer.notes, *notes],
-    )
+    images = decoded_images(paths, config, "data.unlabelled", notes)
+    hidden = torch.full((len(paths),), UNLABELLED, dtype=torch.long)
+    train, train_eval = in_memory(images, hidden, config, bundle.mean, bundle.std)
+    return replace(transfer, unlabelled=train, unlabelled_eval=train_eval, notes=[*transfer.notes, *notes])
