@@ -99,8 +99,23 @@ class Splits(StrictModel):
 
 
 class Augmentation(StrictModel):
+    """Random changes to each training image, drawn anew each time it is seen: a preset and explicit keys
+    (both apply: the preset first)."""
+
+    preset: Literal["none", "light", "standard", "strong"] = Field(
+        "none",
+        description="light = random resized crop (85-100 % of the area), rotation up to 8°, brightness and "
+        "contrast ±10 %; standard = random resized crop (60-100 %) and TrivialAugmentWide; strong = random "
+        "resized crop (35-100 %), RandAugment (2 operations, magnitude 9), colour jitter ±30 % and random "
+        "erasing. Flips only with horizontal_flip (a digit or a text is not itself mirrored)",
+    )
     random_crop_padding: int = Field(0, ge=0, description="pad by N pixels, then crop back at random")
     horizontal_flip: bool = False
+
+    @property
+    def random(self) -> bool:
+        """Whether a training image looks different each time it is drawn."""
+        return self.preset != "none" or bool(self.random_crop_padding or self.horizontal_flip)
 
 
 class DataConfig(StrictModel):

@@ -469,11 +469,34 @@ def tensor_transform(
 
 def has_random_augmentation(config: DataConfig) -> bool:
     """Whether a training image looks different each time it is drawn."""
-    return bool(config.augmentation.random_crop_padding or config.augmentation.horizontal_flip)
+    return config.augmentation.random
+
+
+def preset_steps(preset: str, size: int, channels: int) -> list:
+    """`data.augmentation.preset` as torchvision transforms on a float C×H×W image in [0, 1]; the choices
+    follow timm's and torchvision's reference recipes, scaled down for small images (config.Augmentation
+    says what each holds). Colour saturation and hue need three channels."""
+    colour = {"saturation": 0.3} if channels == 3 else {}
+    if preset == "light":
+        return [
+            v2.RandomResizedCrop(size, scale=(0.85, 1.0), ratio=(0.9, 1.1), antialias=True),
+            v2.RandomRotation(8),
+            v2.ColorJitter(brightness=0.1, contrast=0.1),
+        ]
+    if preset == "standard":
+        return [v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True), v2.TrivialAugmentWide()]
+    if preset == "strong":
+        return [
+            v2.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True),
+            v2.RandAugment(num_ops=2, magnitude=9),
+            v2.ColorJitter(brightness=0.3, contrast=0.3, **colour),
+            v2.RandomErasing(p=0.25),
+        ]
+    return []
 
 
 def augmentations(config: DataConfig) -> list:
-    steps: list = []
+    steps: list = preset_steps(config.augmentation.preset, config.image_size, config.channels)
     if config.augmentation.random_crop_padding:
         steps.append(v2.RandomCrop(config.image_size, padding=config.augmentation.random_crop_padding))
     if config.augmentation.horizontal_flip:

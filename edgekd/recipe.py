@@ -96,7 +96,7 @@ class Recipe(StrictModel):
             reason = "trains its teacher" if method.trains_teacher else "has no teacher"
             raise ValueError(f"distill.cache_teacher: on, but method {method.name} {reason}; use auto or off")
         augmentation = self.data.augmentation
-        if augmentation.random_crop_padding or augmentation.horizontal_flip:
+        if augmentation.random:
             raise ValueError(
                 "distill.cache_teacher: on, but data.augmentation is random (the teacher would see other pixels "
                 "than the cached ones); set it to auto or off, or turn the augmentation off"

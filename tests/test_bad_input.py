@@ -149,6 +149,7 @@ CASES = [
     ("unknown dataset", edit(data__dataset="mnist"), DISTILL, "did you mean 'mnist5k'"),
     ("channels 2", edit(data__channels=2), DISTILL, "'data.channels' is 2"),
     ("balance misspelt", edit(data__balance="sample"), DISTILL, "'data.balance' is 'sample'"),
+    ("preset misspelt", edit(data__augmentation={"preset": "heavy"}), DISTILL, "'data.augmentation.preset'"),
     (
         "cache with random augmentation",
         edit(distill__cache_teacher="on", data__augmentation={"horizontal_flip": True}),

@@ -72,6 +72,39 @@ def test_augmentation_applies_to_train_only():
     assert torch.equal(data.test[0][0], data.test[0][0])
 
 
+@pytest.mark.parametrize("preset", ["light", "standard", "strong"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_augmentation_presets_change_training_images_only(preset, channels, tmp_path, monkeypatch):
+    """Each preset draws a new image each time (in-memory tensors and a decoded image folder alike), keeps
+    its shape and range, leaves validation, test and train_eval alone, and turns the teacher cache off."""
+    from edgekd.data import has_random_augmentation
+
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
+    write_images(tmp_path / "images", per_class=5)
+    for settings in (
+        config(dataset="digits", image_size=16, channels=channels, augmentation={"preset": preset}),
+        config(dataset="imagefolder", root=tmp_path / "images", image_size=16, channels=channels,
+               splits={"val": 0.2}, augmentation={"preset": preset}),
+    ):  # fmt: skip
+        data = load_data(settings, seed=0)
+        assert has_random_augmentation(settings)
+        torch.manual_seed(0)
+        draws = [data.train[0][0] for _ in range(6)]
+        assert all(d.shape == (channels, 16, 16) and d.dtype == torch.float32 for d in draws)
+        assert len({d.numpy().tobytes() for d in draws}) > 1, "a new image each draw"
+        assert torch.equal(data.train_eval[0][0], data.train_eval[0][0]) and torch.equal(data.val[0][0], data.val[0][0])
+
+
+def test_a_preset_and_the_teacher_cache_exclude_each_other(tiny_recipe):
+    from edgekd.errors import RecipeError
+    from edgekd.recipe import parse_recipe
+
+    tiny_recipe["data"]["augmentation"] = {"preset": "light"}
+    tiny_recipe["distill"]["cache_teacher"] = "on"
+    with pytest.raises(RecipeError, match="data.augmentation is random"):
+        parse_recipe(tiny_recipe)
+
+
 def test_training_loader_drops_a_last_batch_of_one():
     data = load_data(
         config(
