@@ -30,9 +30,11 @@ import numpy as np
 
 from edgekd.cache import cache_dir
 from edgekd.errors import CheckFailed, EdgeKDError
+from edgekd.preprocess import FORMATS, RULES
 
 TFLM_ENV = "EDGEKD_TFLM"
 INPUT_FILE = "edgekd_inputs.bin"  # bench_main.cc reads it through semihosting
+FRAME_FILE = "edgekd_frames.bin"  # and this one, when given, through SetImage()
 BOARD_MEMORY = 4 * 1024 * 1024  # QEMU's MPS2 boards: 4 MiB for code and constants, 4 MiB of RAM
 CODE_ALLOWANCE = 256 * 1024  # TFLM, kernels and C library beside the model (~150 KiB measured)
 RAM_ALLOWANCE = 192 * 1024  # stack, heap, the profiler's event table (~80 KiB) and TFLM's state
@@ -442,11 +444,27 @@ class FirmwareRun:
     seconds: float = 0.0
     cycles: Cycles | None = None  # when the cycle model ran
     cycles_unavailable: str = ""  # why it did not, when it was asked for
+    frames: list[FrameResult] = field(default_factory=list)  # the frames given, through SetImage()
 
     @property
     def instructions_per_tick(self) -> float:
         """Under -icount shift=0 the guest executes one instruction per nanosecond of virtual time."""
         return 1e9 / self.ticks_per_second
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """One camera frame through the firmware's SetImage() and Predict()."""
+
+    class_index: int
+    probability: float
+    input: np.ndarray  # the int8 input SetImage() wrote, NHWC flattened
+
+
+def frame_record(pixels: bytes, width: int, height: int, pixel_format: str, rule: str) -> bytes:
+    """One record of the frames file bench_main.cc reads: u16 width, u16 height, u8 format, u8 rule, pixels."""
+    header = width.to_bytes(2, "little") + height.to_bytes(2, "little")
+    return header + bytes([FORMATS.index(pixel_format), RULES.index(rule)]) + bytes(pixels)
 
 
 @dataclass
@@ -468,9 +486,11 @@ def run_firmware(
     *,
     cycles: CycleModel | None = None,
     timeout: float = 900.0,
+    frames: bytes = b"",
 ) -> FirmwareRun:
     """Boot the firmware once and feed it every input (int8, one image per row); with `cycles`, under the
-    cycle-model plugin, stamped at every call of `platform_ticks()`."""
+    cycle-model plugin, stamped at every call of `platform_ticks()`. `frames`: `frame_record`s, which the
+    firmware then puts through SetImage() and Predict()."""
     plugin = []
     if cycles is not None:
         mark = symbol_address(firmware.elf, "platform_ticks", toolchain)
@@ -478,6 +498,8 @@ def run_firmware(
         plugin = ["-d", "plugin", "-plugin", f"{cycle_plugin(cycles.core)},{arguments}"]
     with tempfile.TemporaryDirectory() as scratch:
         np.ascontiguousarray(inputs, dtype=np.int8).tofile(Path(scratch) / INPUT_FILE)
+        if frames:
+            (Path(scratch) / FRAME_FILE).write_bytes(frames)
         command = [
             toolchain.qemu,
             "-M",
@@ -549,6 +571,7 @@ def parse_cycles(log: str, run: FirmwareRun, model: CycleModel) -> Cycles:
 def parse_output(text: str, expected: int) -> FirmwareRun:
     values: dict[str, list[str]] = {}
     results: list[tuple[int, int, list[int]]] = []
+    frames: list[FrameResult] = []
     op_ticks: list[tuple[int, str, int]] = []
     said: list[str] = []  # what TFLM printed (MicroPrintf), which names the cause of a failure
     for line in text.splitlines():
@@ -566,6 +589,9 @@ def parse_output(text: str, expected: int) -> FirmwareRun:
             raise CheckFailed(f"the firmware failed in QEMU: {' '.join(rest)}{cause}")
         if kind == "result":
             results.append((int(rest[0]), int(rest[1]), [int(v) for v in rest[2:]]))
+        elif kind == "frame":
+            written = np.array([int(v) for v in rest[3:]], dtype=np.int8)
+            frames.append(FrameResult(int(rest[1]), int(rest[2]) / 1e6, written))
         else:
             values[kind] = rest
     if "done" not in values:
@@ -582,6 +608,7 @@ def parse_output(text: str, expected: int) -> FirmwareRun:
         outputs=np.array([row for _, _, row in results], dtype=np.int8),
         profile_ticks=int(values["profile"][0]),
         op_ticks=op_ticks,
+        frames=frames,
     )
 
 

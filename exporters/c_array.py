@@ -8,6 +8,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgekd.preprocess import RULES, input_lut
+
 
 @dataclass(frozen=True)
 class ModelInterface:
@@ -21,9 +23,12 @@ class ModelInterface:
     class_names: list[str]
     arena_bytes: int
     description: str
+    resize: str = "crop"  # data.resize: how SetImage() squares a frame
 
     @classmethod
-    def of(cls, micro, *, mean, std, class_names, arena_bytes: int, description: str) -> ModelInterface:
+    def of(
+        cls, micro, *, mean, std, class_names, arena_bytes: int, description: str, resize: str = "crop"
+    ) -> ModelInterface:
         """From a `MicroRunner` over the int8 model."""
         return cls(
             input_shape=tuple(micro.input_shape),
@@ -34,7 +39,14 @@ class ModelInterface:
             class_names=list(class_names),
             arena_bytes=arena_bytes,
             description=description,
+            resize=resize,
         )
+
+    @property
+    def image_input(self) -> bool:
+        """A square NHWC image of 1 or 3 channels: what SetImage() can fill."""
+        shape = self.input_shape
+        return len(shape) == 4 and shape[1] == shape[2] and shape[3] in (1, 3) and len(self.mean) == shape[3]
 
 
 def input_hwc(shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -91,7 +103,7 @@ extern const char* const kClassNames[kNumClasses];
 // Arena measured with TFLite-Micro on x86-64 (pointers and some persistent structures are smaller on
 // a 32-bit MCU, so this is an upper bound there).
 constexpr size_t kTensorArenaSize = {arena_bytes};
-
+{_image_declarations(interface)}
 #endif  // EDGEKD_MODEL_DATA_H_
 """)
     rows = [", ".join(f"0x{byte:02x}" for byte in data[i : i + 12]) for i in range(0, len(data), 12)]
@@ -106,8 +118,28 @@ alignas(16) const unsigned char g_model_data[] = {{
 const unsigned int g_model_data_len = {len(data)};
 
 const char* const kClassNames[kNumClasses] = {{{names}}};
-""")
+{_image_definitions(interface)}""")
     return source, header
+
+
+def _image_declarations(interface: ModelInterface) -> str:
+    if not interface.image_input:
+        return "\n#define EDGEKD_IMAGE_INPUT 0  // not a square image of 1 or 3 channels: no SetImage()\n"
+    return f"""
+// edgekd::SetImage(): the recipe's data.resize (0 crop, 1 pad, 2 squash), and per channel the int8 input
+// each byte value of a pixel becomes (normalisation and quantisation; edgekd.preprocess.input_lut).
+#define EDGEKD_IMAGE_INPUT 1
+constexpr int kResizeRule = {RULES.index(interface.resize)};  // {interface.resize}
+extern const signed char g_input_lut[kInputChannels][256];
+"""
+
+
+def _image_definitions(interface: ModelInterface) -> str:
+    if not interface.image_input:
+        return ""
+    lut = input_lut(interface.mean, interface.std, *interface.input_quant)
+    rows = ",\n".join("    {" + ", ".join(str(int(v)) for v in channel) + "}" for channel in lut)
+    return f"\nconst signed char g_input_lut[kInputChannels][256] = {{\n{rows}\n}};\n"
 
 
 class CompileError(Exception):

@@ -151,6 +151,7 @@ class ExportJob:
             arena_bytes=arena,
             description=f"{self.recipe.name}, {self.metadata['model']} int8, "
             f"{micro.input_shape[1]}x{micro.input_shape[2]}",
+            resize=self.recipe.data.resize,
         )
 
 

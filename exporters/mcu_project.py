@@ -127,8 +127,12 @@ built-in ones, and prints one `EDGEKD ...` line per result.
 - The arena is `kTensorArenaSize` = {arena_bytes:,} bytes (`model_data.h`), measured with TFLite Micro
   on x86-64; the 32-bit build needs a little less: `edgekd bench --target qemu-m4` reports the exact
   figure (`arena_used_bytes()`).
-- In your application: `edgekd::Setup()` once, then quantise an image into `edgekd::Input()` as
-  `model_data.h` describes, `edgekd::Invoke()`, and read `edgekd::Output()`. `bench_main.cc` prints
+- In your application: `edgekd::Setup()` once, then per camera frame (GRAY8, RGB888 or RGB565, any
+  size) `edgekd::SetImage(pixels, width, height, format)` and `edgekd::Predict()` (class index and
+  probability): SetImage() resizes, normalises and quantises exactly as edgekd did in training. For an
+  input that is not an image, write `edgekd::Input()` as `model_data.h` describes, `edgekd::Invoke()`,
+  and read `edgekd::Output()`. Given `edgekd_frames.bin`, `bench_main.cc` runs its frames through
+  SetImage() and Predict() too (its header says the record format). `bench_main.cc` prints
   through semihosting, which needs a debugger attached on real hardware.
 """
 

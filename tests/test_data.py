@@ -257,11 +257,9 @@ def banded(height: int, width: int) -> torch.Tensor:
     [("crop", False, False), ("pad", True, False), ("squash", True, True)],
 )
 def test_resize_rules_keep_or_drop_the_aspect(rule, white_left, white_top_left):
-    from torchvision.transforms import v2
+    from edgekd.preprocess import resize_square
 
-    from edgekd.datasets.imagefolder import resize_steps
-
-    out = v2.Compose(resize_steps(rule, 16))(banded(20, 40))  # a wide image
+    out = resize_square(banded(20, 40).permute(1, 2, 0).numpy(), 16, rule)  # a wide image
     assert out.shape == (1, 16, 16)
     assert (out[0, 8, 1] > 200) == white_left  # crop cuts the left quarter away; pad and squash keep it
     assert (out[0, 0, 1] > 200) == white_top_left  # pad adds black borders above and below; squash stretches
@@ -370,3 +368,26 @@ def test_an_imagefolder_is_decoded_once_and_a_second_run_reads_the_decode_cache(
     (tmp_path / "images" / "dog" / "cut short.jpg").write_bytes(whole.read_bytes()[: whole.stat().st_size * 2 // 3])
     with pytest.raises(DataError, match="cut short.jpg cannot be decoded"):
         load_data(settings, seed=0)
+
+
+def test_the_frame_preprocessing_is_box_means_of_the_resize_rules_square():
+    """resize_square against a plain loop over the boxes; RGB565 widened by repeating its top bits; luma
+    rounded; the lookup table is the training pipeline's normalisation, quantised."""
+    from edgekd.preprocess import input_lut, normalise, quantise, resize_square, to_channels, unpack
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(13, 30, 3), dtype=np.uint8)
+    out = resize_square(image, 8, "squash")
+    for j, i in ((0, 0), (3, 5), (7, 7)):
+        rows = slice(j * 13 // 8, max((j + 1) * 13 // 8, j * 13 // 8 + 1))
+        columns = slice(i * 30 // 8, (i + 1) * 30 // 8)
+        box = image[rows, columns].astype(np.int64)
+        assert (out[:, j, i] == (box.sum((0, 1)) + box[..., 0].size // 2) // box[..., 0].size).all()
+    assert (resize_square(image, 13, "crop") == image[:, 8:21].transpose(2, 0, 1)).all()  # same size: the square
+    padded = resize_square(np.full((2, 4, 1), 200, np.uint8), 4, "pad")
+    assert padded[0, :, 0].tolist() == [0, 200, 200, 0]  # black above and below, rows 0 and 3
+    assert unpack(bytes([0xFF, 0xFF, 0x00, 0x00]), 2, 1, "RGB565").tolist() == [[[255, 255, 255], [0, 0, 0]]]
+    assert to_channels(np.array([[[255, 255, 255], [128, 128, 128]]], np.uint8), 1).ravel().tolist() == [255, 128]
+    lut = input_lut([0.5, 0.4, 0.3], [0.25, 0.2, 0.1], 0.02, -3)
+    pixels = torch.arange(256, dtype=torch.uint8).reshape(1, 16, 16).expand(3, 16, 16)
+    assert (quantise(normalise(pixels, [0.5, 0.4, 0.3], [0.25, 0.2, 0.1]).numpy(), 0.02, -3) == lut[:, pixels[0]]).all()

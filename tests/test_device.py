@@ -428,3 +428,38 @@ def test_doctor_names_the_cycle_model_plugin(capsys, monkeypatch):
     code, out = run_cli(capsys, "doctor")
     assert code in (0, None) and "cycle-model QEMU plugin" in out.out  # a row, marked missing, not an error
     assert "libcapstone-dev" in out.out  # the M7 model's own row says what to install
+
+
+@pytest.mark.slow
+def test_set_image_writes_what_python_preprocesses_byte_for_byte(built, small_model, device_setup):
+    """Camera frames of odd sizes in each pixel format, through the firmware's SetImage(): the int8 input it
+    writes is edgekd.preprocess.frame_to_input's to the byte, and Predict() names the class the host does."""
+    from edgekd.preprocess import frame_to_input, input_lut, to_channels
+
+    _, fw = built
+    toolchain, _ = device_setup
+    micro = MicroRunner(small_model)
+    lut = input_lut([0.0], [1.0], micro.input_scale, micro.input_zero_point)  # project_for's identity normalisation
+    rng = np.random.default_rng(2)
+    cases = []
+    for height, width in ((23, 37), (41, 18), (9, 12)):  # wide, tall (both shrink), and smaller than 16×16
+        rgb = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+        red, green, blue = (rgb[..., c].astype(np.uint16) for c in range(3))
+        frames = {
+            "GRAY8": to_channels(rgb, 1).tobytes(),
+            "RGB888": rgb.tobytes(),
+            "RGB565": (((red >> 3) << 11) | ((green >> 2) << 5) | (blue >> 3)).astype("<u2").tobytes(),
+        }
+        for pixel_format, pixels in frames.items():
+            for rule in ("crop", "pad", "squash"):
+                cases.append((pixels, width, height, pixel_format, rule))
+    records = b"".join(firmware.frame_record(*case) for case in cases)
+    run = firmware.run_firmware(fw, np.zeros((1, micro.input_shape[1] ** 2), np.int8), toolchain, frames=records)
+    assert len(run.frames) == len(cases)
+    for (pixels, width, height, pixel_format, rule), result in zip(cases, run.frames, strict=True):
+        expected = frame_to_input(pixels, width, height, pixel_format, size=16, channels=1, rule=rule, lut=lut)
+        where = f"{pixel_format} {width}x{height} {rule}"
+        assert np.array_equal(result.input, expected.reshape(-1)), f"SetImage differs from Python: {where}"
+        logits = micro.invoke(expected.reshape(micro.input_shape)).reshape(-1)
+        assert result.class_index == int(np.argmax(logits)), where
+        assert 0.25 <= result.probability <= 1.0, where  # 4 classes: the top one has at least a quarter

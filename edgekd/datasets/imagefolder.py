@@ -29,8 +29,9 @@ from edgekd.data import (
     stratified,
 )
 from edgekd.errors import DataError
+from edgekd.preprocess import resize_square, to_channels
 
-DECODE_VERSION = 1  # raise when decoding changes what a cached image holds
+DECODE_VERSION = 2  # raise when decoding changes what a cached image holds
 IN_MEMORY_BYTES = 2 << 30  # decoded images larger than this are memory-mapped from the cache
 FLOAT_COPY_BYTES = 2 << 30  # the most a normalised float copy of all images may take
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -163,9 +164,10 @@ def in_memory(
 
 
 def decoded_images(paths: list[str], config: DataConfig, key: str, notes: list[str]) -> torch.Tensor:
-    """Every file decoded once into N×C×S×S uint8 at the training size (EXIF orientation, `to_rgb`, the
-    recipe's channels and resize rule), through a cache in edgekd's cache folder keyed by the files (path,
-    size, modification time) and those settings, so a second run decodes nothing. A file that cannot be
+    """Every file decoded once into N×C×S×S uint8 at the training size (EXIF orientation, `to_rgb`, then the
+    recipe's channels and resize rule as `edgekd.preprocess` defines them for host and device alike), through
+    a cache in edgekd's cache folder keyed by the files (path, size, modification time) and those settings,
+    so a second run decodes nothing. A file that cannot be
     decoded stops the load with its name (`key`: the recipe key that led to it), before any run directory
     exists. An entry larger than IN_MEMORY_BYTES is memory-mapped, not read into memory."""
     shape = (len(paths), config.channels, config.image_size, config.image_size)
@@ -184,15 +186,14 @@ def decoded_images(paths: list[str], config: DataConfig, key: str, notes: list[s
         except (OSError, ValueError):
             pass  # a damaged entry is decoded again
     check_images(paths, key)
-    steps: list = [v2.ToImage(), *([to_grey] if config.channels == 1 else [])]
-    decode = v2.Compose([*steps, *resize_steps(config.resize, config.image_size)])
     entry.parent.mkdir(parents=True, exist_ok=True)
     partial = entry.with_suffix(f".{os.getpid()}.partial.npy")
     images = np.lib.format.open_memmap(partial, "w+", np.uint8, shape) if big else np.empty(shape, np.uint8)
     shown = track(paths, description=f"decoding {len(paths):,} images", console=Console(stderr=True),
                   transient=True, disable=len(paths) < 1000)  # fmt: skip
     for index, path in enumerate(shown):
-        images[index] = decode(load_image(path)).numpy()
+        rgb = np.asarray(load_image(path))
+        images[index] = resize_square(to_channels(rgb, config.channels), config.image_size, config.resize)
     if big:
         images.flush()
         del images
@@ -201,14 +202,6 @@ def decoded_images(paths: list[str], config: DataConfig, key: str, notes: list[s
     os.replace(partial, entry)
     notes.append(f"decoded {len(paths):,} images once, into the decode cache ({entry})")
     return torch.from_numpy(np.load(entry, mmap_mode="c")) if big else torch.from_numpy(images)
-
-
-def to_grey(image: torch.Tensor) -> torch.Tensor:
-    """3×H×W uint8 RGB → 1×H×W grey: ITU-R BT.601 luma in integers, rounded, (299 R + 587 G + 114 B + 500) //
-    1000. Grey stays grey (torchvision's Grayscale truncates on uint8: white becomes 254), and a device's
-    integer code computes the same byte."""
-    red, green, blue = image.to(torch.int32).unbind(-3)
-    return ((299 * red + 587 * green + 114 * blue + 500) // 1000).to(torch.uint8).unsqueeze(-3)
 
 
 def check_images(paths: list[str], key: str) -> None:
@@ -223,23 +216,6 @@ def check_images(paths: list[str], key: str) -> None:
             raise DataError(
                 f"{key}: {path} is not a readable image ({type(exc).__name__}); remove or replace it"
             ) from None
-
-
-def resize_steps(rule: str, size: int) -> list:
-    """The recipe's `data.resize` as transforms on a C×H×W image."""
-    if rule == "squash":
-        return [v2.Resize((size, size), antialias=True)]
-    if rule == "crop":
-        return [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
-    return [pad_to_square, v2.Resize((size, size), antialias=True)]
-
-
-def pad_to_square(image: torch.Tensor) -> torch.Tensor:
-    """Black borders around the image's shorter side, centred, to a square."""
-    height, width = image.shape[-2:]
-    side = max(height, width)
-    left, top = (side - width) // 2, (side - height) // 2
-    return v2.functional.pad(image, [left, top, side - width - left, side - height - top], fill=0)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

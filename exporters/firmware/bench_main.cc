@@ -11,6 +11,12 @@
 //   EDGEKD profile <ticks of the profiled inference>   followed by TFLM's MicroProfiler CSV
 //   EDGEKD done <images>
 //   EDGEKD error <what>                                 (and a non-zero exit code)
+//
+// Then, when the host gives edgekd_frames.bin (records of u16 width, u16 height, u8 pixel format, u8
+// resize rule, all little-endian, then the frame's pixels), each frame goes through SetImage() and
+// Predict(), the way an application feeds camera frames:
+//   EDGEKD frame <frame> <class> <probability x 1e6> <the int8 input SetImage() wrote...>
+//   EDGEKD frames <frames>
 #include <stdio.h>
 #include <string.h>
 
@@ -23,6 +29,7 @@
 namespace {
 
 constexpr const char* kInputFile = "edgekd_inputs.bin";
+constexpr const char* kFrameFile = "edgekd_frames.bin";
 
 // TFLM's MicroPrintf ends lines with "\r\n"; keep plain newlines so the host parses lines cleanly.
 void log_to_stdout(const char* text) {
@@ -63,6 +70,37 @@ int fail(const char* what) {
 
 tflite::MicroProfiler g_profiler;
 int8_t g_first_input[kInputHeight * kInputWidth * kInputChannels];  // profiled again at the end
+
+#if EDGEKD_IMAGE_INPUT
+uint8_t g_frame[128 * 128 * 3];  // the largest frame the frames file may hold
+
+// Every frame of the frames file through SetImage() and Predict(); the number of frames, or -1.
+int run_frames(FILE* frames) {
+  int count = 0;
+  uint8_t header[6];
+  while (fread(header, 1, sizeof(header), frames) == sizeof(header)) {
+    const int width = header[0] | (header[1] << 8), height = header[2] | (header[3] << 8);
+    if (header[4] > 2 || header[5] > 2) return -1;  // not a PixelFormat or a Resize
+    const auto format = static_cast<edgekd::PixelFormat>(header[4]);
+    constexpr int kBytesPerPixel[] = {1, 3, 2};  // GRAY8, RGB888, RGB565
+    const size_t bytes = static_cast<size_t>(width) * height * kBytesPerPixel[header[4]];
+    if (bytes > sizeof(g_frame) || fread(g_frame, 1, bytes, frames) != bytes) return -1;
+    if (edgekd::SetImage(g_frame, width, height, format, static_cast<edgekd::Resize>(header[5])) != kTfLiteOk) {
+      return -1;
+    }
+    const TfLiteTensor* input = edgekd::Input();
+    int8_t written[kInputHeight * kInputWidth * kInputChannels];
+    memcpy(written, input->data.int8, sizeof(written));  // Invoke() may write over the input
+    const edgekd::Prediction prediction = edgekd::Predict();
+    printf("EDGEKD frame %d %d %ld", count, prediction.class_index,
+           static_cast<long>(prediction.probability * 1e6f + 0.5f));
+    for (size_t i = 0; i < sizeof(written); ++i) printf(" %d", written[i]);
+    printf("\n");
+    ++count;
+  }
+  return count;
+}
+#endif
 
 }  // namespace
 
@@ -111,6 +149,16 @@ int main(void) {
   printf("EDGEKD profile %lu\n", static_cast<unsigned long>(platform_ticks() - start));
   g_profiler.LogCsv();
   printf("EDGEKD done %d\n", images);
+#if EDGEKD_IMAGE_INPUT
+  FILE* frames = fopen(kFrameFile, "rb");
+  if (frames != nullptr) {
+    if (edgekd::Setup() != kTfLiteOk) return fail("setup for frames failed");
+    const int count = run_frames(frames);
+    fclose(frames);
+    if (count < 0) return fail("frames: a record is cut short, malformed, larger than 128x128 RGB, or empty");
+    printf("EDGEKD frames %d\n", count);
+  }
+#endif
   fflush(stdout);
   return 0;
 }

@@ -1,5 +1,7 @@
 #include "edgekd_model.h"
 
+#include <math.h>
+
 #include <new>
 
 #include "model_data.h"
@@ -53,5 +55,102 @@ TfLiteTensor* Input() { return g_interpreter->input(0); }
 TfLiteTensor* Output() { return g_interpreter->output(0); }
 size_t ArenaUsedBytes() { return g_interpreter->arena_used_bytes(); }
 size_t ArenaSize() { return kTensorArenaSize; }
+
+#if EDGEKD_IMAGE_INPUT
+namespace {
+
+// One pixel as kInputChannels 8-bit values (edgekd.preprocess.unpack, then to_channels).
+inline void ReadPixel(const uint8_t* pixels, int index, PixelFormat format, uint32_t* value) {
+  int red, green, blue;
+  if (format == PixelFormat::kGray8) {
+    red = green = blue = pixels[index];
+    if (kInputChannels == 1) {
+      value[0] = red;
+      return;
+    }
+  } else if (format == PixelFormat::kRgb888) {
+    red = pixels[3 * index];
+    green = pixels[3 * index + 1];
+    blue = pixels[3 * index + 2];
+  } else {
+    const int packed = pixels[2 * index] | (pixels[2 * index + 1] << 8);
+    const int red5 = packed >> 11, green6 = (packed >> 5) & 63, blue5 = packed & 31;
+    red = (red5 << 3) | (red5 >> 2);
+    green = (green6 << 2) | (green6 >> 4);
+    blue = (blue5 << 3) | (blue5 >> 2);
+  }
+  if (kInputChannels == 1) {
+    value[0] = (299 * red + 587 * green + 114 * blue + 500) / 1000;
+  } else {
+    value[0] = red;
+    value[1] = green;
+    value[2] = blue;
+  }
+}
+
+}  // namespace
+
+TfLiteStatus SetImage(const uint8_t* pixels, int width, int height, PixelFormat format, Resize resize) {
+  if (g_interpreter == nullptr || pixels == nullptr || width <= 0 || height <= 0) return kTfLiteError;
+  // The canvas the boxes tile, and where the frame's pixel (0, 0) sits on it.
+  int canvas_height = height, canvas_width = width, top = 0, left = 0;
+  if (resize == Resize::kCrop) {
+    const int side = width < height ? width : height;
+    canvas_height = canvas_width = side;
+    top = (height - side) / 2;
+    left = (width - side) / 2;
+  } else if (resize == Resize::kPad) {
+    const int side = width > height ? width : height;
+    canvas_height = canvas_width = side;
+    top = -((side - height) / 2);  // black borders: canvas pixels outside the frame count as 0
+    left = -((side - width) / 2);
+  }
+  int8_t* input = Input()->data.int8;
+  for (int out_y = 0; out_y < kInputHeight; ++out_y) {
+    const int y0 = out_y * canvas_height / kInputHeight;
+    int y1 = (out_y + 1) * canvas_height / kInputHeight;
+    if (y1 <= y0) y1 = y0 + 1;
+    for (int out_x = 0; out_x < kInputWidth; ++out_x) {
+      const int x0 = out_x * canvas_width / kInputWidth;
+      int x1 = (out_x + 1) * canvas_width / kInputWidth;
+      if (x1 <= x0) x1 = x0 + 1;
+      uint32_t sum[kInputChannels] = {};
+      uint32_t value[kInputChannels];
+      for (int y = y0; y < y1; ++y) {
+        const int row = y + top;
+        if (row < 0 || row >= height) continue;
+        for (int x = x0; x < x1; ++x) {
+          const int column = x + left;
+          if (column < 0 || column >= width) continue;
+          ReadPixel(pixels, row * width + column, format, value);
+          for (int c = 0; c < kInputChannels; ++c) sum[c] += value[c];
+        }
+      }
+      const uint32_t count = static_cast<uint32_t>((y1 - y0) * (x1 - x0));
+      for (int c = 0; c < kInputChannels; ++c) {
+        const uint32_t mean = (sum[c] + count / 2) / count;
+        input[(out_y * kInputWidth + out_x) * kInputChannels + c] = g_input_lut[c][mean];
+      }
+    }
+  }
+  return kTfLiteOk;
+}
+
+Prediction Predict() {
+  Prediction prediction = {-1, 0.0f};
+  if (Invoke() != kTfLiteOk) return prediction;
+  const TfLiteTensor* output = Output();
+  const int count = static_cast<int>(output->bytes);
+  int best = 0;
+  for (int i = 1; i < count; ++i) {
+    if (output->data.int8[i] > output->data.int8[best]) best = i;
+  }
+  float total = 0.0f;
+  for (int i = 0; i < count; ++i) total += expf((output->data.int8[i] - output->data.int8[best]) * kOutputScale);
+  prediction.class_index = best;
+  prediction.probability = 1.0f / total;
+  return prediction;
+}
+#endif
 
 }  // namespace edgekd
