@@ -150,7 +150,7 @@ def distill(
             f"{data.num_classes} classes, {len(data.train)} train / {len(data.val)} val / {len(data.test)} test "
             f"images, on {runtime.device.type}" + (f", {world.size} processes" if world.distributed else "")
         )
-        for note in [*data.notes, *transfer.notes[len(data.notes) :]]:
+        for note in transfer.notes:  # the data's own notes, then the unlabelled folder's
             console.print(f"[dim]data: {note}[/dim]")
         if transfer.unlabelled is not None:
             console.print(

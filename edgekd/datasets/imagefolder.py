@@ -167,9 +167,9 @@ def decoded_images(paths: list[str], config: DataConfig, key: str, notes: list[s
     """Every file decoded once into N×C×S×S uint8 at the training size (EXIF orientation, `to_rgb`, then the
     recipe's channels and resize rule as `edgekd.preprocess` defines them for host and device alike), through
     a cache in edgekd's cache folder keyed by the files (path, size, modification time) and those settings,
-    so a second run decodes nothing. A file that cannot be
-    decoded stops the load with its name (`key`: the recipe key that led to it), before any run directory
-    exists. An entry larger than IN_MEMORY_BYTES is memory-mapped, not read into memory."""
+    so a second run decodes nothing. A file that cannot be decoded stops the load with its name (`key`: the
+    recipe key that led to it), before any run directory exists. An entry larger than IN_MEMORY_BYTES is
+    memory-mapped, not read into memory."""
     shape = (len(paths), config.channels, config.image_size, config.image_size)
     stamp = [DECODE_VERSION, config.channels, config.image_size, config.resize]
     for path in paths:
