@@ -36,7 +36,7 @@ from edgekd.benchmarks.report_schema import Device as DeviceRecord
 from edgekd.checks import Check, check
 from edgekd.config import BenchConfig
 from edgekd.errors import EdgeKDError
-from edgekd.exporters.export import test_sample
+from edgekd.exporters.export import ExportSample, test_sample
 from edgekd.exporters.formats import FORMATS, device_format
 from edgekd.exporters.runtimes import ArtefactError, measure_arena, runner_for
 from edgekd.exporters.tflite import ConversionError
@@ -59,9 +59,11 @@ def _artefact_format(path: Path) -> str:
     return found
 
 
-def _collect(source: Path) -> tuple[list[tuple[str, Path]], ExportReport | None, dict | None, tuple | None]:
-    """(format, path) pairs, the export findings, the training summary, and the test images with their
-    labels that the export kept (None for a lone file)."""
+def _collect(
+    source: Path,
+) -> tuple[list[tuple[str, Path]], ExportReport | None, dict | None, ExportSample | None]:
+    """(format, path) pairs, the export findings, the training summary, and the test images the export kept
+    (None for a lone file)."""
     if source.is_dir():
         run = RunDir(source)
         if not run.export_json.is_file():
@@ -191,6 +193,20 @@ def verdict(
                 "fraction",
                 f"top-1 agreement of the firmware with host TFLite-Micro on {measured.images} inputs"
                 + ("; int8 outputs bit-identical" if measured.bit_exact else "; int8 outputs differ"),
+                bound="min",
+            )
+        )
+    if measured is not None and measured.frames:
+        both = min(measured.frames_input_identical / measured.frames, measured.frames_class_agreement)
+        checks.append(
+            check(
+                f"{artefact.format}: device preprocessing ({measured.target})",
+                both,
+                1.0,
+                "fraction",
+                f"{measured.frames} test images as 8-bit frames through the firmware's SetImage() and Predict(): "
+                f"{measured.frames_input_identical} inputs byte-identical to edgekd.preprocess's, classes "
+                f"{measured.frames_class_agreement:.0%} equal to host TFLite-Micro's",
                 bound="min",
             )
         )
@@ -329,12 +345,13 @@ def _bench(source: Path, plan: BenchPlan, out: Path, console: Console) -> Report
 
 
 def _artefact(
-    fmt: str, path: Path, source: Path, plan: BenchPlan, exported: ExportReport | None, test: tuple | None, out: Path,
+    fmt: str, path: Path, source: Path, plan: BenchPlan, exported: ExportReport | None, test: ExportSample | None,
+    out: Path,
     console: Console,
 ) -> Artefact:  # fmt: skip
     """One artefact's record: the export's accuracy, host latency per runtime, and for TFLite the memory
     analysis, MACs and (the device artefact) the MCU estimate and the device run."""
-    images, labels = test if test is not None else (None, None)
+    images = test.images if test is not None else None
     console.print(f"[bold]{fmt}[/bold] {path}")
     found = exported.artefacts[fmt].results if exported is not None and fmt in exported.artefacts else {}
     record = Artefact(
@@ -371,15 +388,14 @@ def _artefact(
             console.print(f"  [yellow]device run skipped[/yellow]: {plan.skip_reason}", highlight=False)
             record.device = device_run.skipped(plan.settings.target, plan.skip_reason)
         else:
-            record.device = _on_device(path, source, plan, images, labels, out, console)
-            record.memory_rewrite = _unrewritten_on_device(record, path, plan, images, labels, out, console)
+            record.device = _on_device(path, source, plan, test, out, console)
+            record.memory_rewrite = _unrewritten_on_device(record, path, plan, test, out, console)
     return record
 
 
 def _unrewritten_on_device(
-    record: Artefact, path: Path, plan: BenchPlan, images: np.ndarray | None, labels: np.ndarray | None, out: Path,
-    console: Console,
-) -> MemoryRewrite | None:  # fmt: skip
+    record: Artefact, path: Path, plan: BenchPlan, sample: ExportSample | None, out: Path, console: Console
+) -> MemoryRewrite | None:
     """What the graph as converted needs on the same target (three inferences), beside the rewritten graph's
     run: the rewrite's saving and its cost, both measured."""
     rewrite = record.memory_rewrite
@@ -388,7 +404,7 @@ def _unrewritten_on_device(
         return rewrite
     console.print(f"  {plan.run_target}: the graph as converted, for the rewrite's before/after", highlight=False)
     before = device_run.measure(original, plan.run_target, plan.device, project=None,
-                                build_root=RunDir(out).device / "unrewritten", images=images, labels=labels, count=3,
+                                build_root=RunDir(out).device / "unrewritten", sample=sample, count=3,
                                 tree_spec=plan.tflm, log=lambda text: console.print(text, highlight=False))  # fmt: skip
     return rewrite.model_copy(update={
         "target_arena_before_bytes": before.arena_used_bytes,
@@ -418,7 +434,7 @@ def report_dir(source: Path) -> Path:
 
 
 def _on_device(
-    path: Path, source: Path, plan: BenchPlan, images: np.ndarray | None, labels: np.ndarray | None, out: Path,
+    path: Path, source: Path, plan: BenchPlan, sample: ExportSample | None, out: Path,
     console: Console,
 ) -> DeviceRun:  # fmt: skip
     """Build and run the exported firmware project (or, for a lone .tflite, one made for it)."""
@@ -430,8 +446,7 @@ def _on_device(
         plan.device,
         project=project,
         build_root=RunDir(out).device,
-        images=images,
-        labels=labels,
+        sample=sample,
         count=plan.settings.device_images,
         tree_spec=plan.tflm,
         log=lambda text: console.print(text, highlight=False),

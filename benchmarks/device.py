@@ -8,10 +8,12 @@ The procedure, in order:
 2. Build it with the Arm GNU toolchain (the TFLM library once per tree/core/flags, cached).
 3. Boot it once in QEMU with `-icount shift=0` and feed it N test images: one warm-up inference, then
    one timed inference per image, then one more inference of the first image with TFLM's MicroProfiler
-   attached, operator by operator. The cycle-model plugin (the profile's `cycle_model`: the core's
-   instruction timings, branch refill, flash wait states) counts instructions and cycles between the
-   firmware's own timer reads.
-4. Compare every int8 output with the host tflite-micro interpreter's (expected: bit-identical).
+   attached, operator by operator; then, when the test images' 8-bit pixels are known, the same images
+   as camera frames through the firmware's own SetImage() and Predict(). The cycle-model plugin (the
+   profile's `cycle_model`: the core's instruction timings, branch refill, flash wait states) counts
+   instructions and cycles between the firmware's own timer reads.
+4. Compare every int8 output with the host tflite-micro interpreter's (expected: bit-identical), and every
+   input SetImage() wrote with edgekd.preprocess's for the same frame (expected: byte-identical).
 5. Report instructions and cycles per inference (mean, min, max), per layer, the arena the 32-bit build
    used, the firmware's flash by component, and latency = cycles ÷ clock ± the error the validation
    measured against real boards. Where no cycle model runs (a profile without one, a QEMU without
@@ -31,10 +33,12 @@ from edgekd.benchmarks.compute import layer_macs
 from edgekd.benchmarks.profiles import Device
 from edgekd.benchmarks.report_schema import DeviceLayer, DeviceRun, FlashPart, McuLatency
 from edgekd.exporters.c_array import ModelInterface, input_hwc
-from edgekd.exporters.mcu_project import check_operators, write_mcu_project
+from edgekd.exporters.export import ExportSample
+from edgekd.exporters.mcu_project import check_operators, takes_frames, write_mcu_project
 from edgekd.exporters.runtimes import MicroRunner
 from edgekd.exporters.tflite import read_graph
 from edgekd.metrics import balanced_accuracy, confusion_matrix
+from edgekd.preprocess import frame_to_input, input_lut
 
 
 def project_for(tflite_path: Path, micro: MicroRunner, arena_bytes: int, folder: Path) -> Path:
@@ -61,23 +65,24 @@ def measure(
     *,
     project: Path | None,
     build_root: Path,
-    images: np.ndarray | None,
-    labels: np.ndarray | None,
+    sample: ExportSample | None,
     count: int,
     tree_spec: str | None,
     log: Callable[[str], None] = print,
 ) -> DeviceRun:
-    """The device figures of an int8 .tflite on a QEMU target. `images` are normalised NCHW floats
-    (the test split); without them, seeded random int8 inputs are used."""
+    """The device figures of an int8 .tflite on a QEMU target, fed `count` test images of `sample`; without
+    it, seeded random int8 inputs. When the sample holds the images' 8-bit pixels and `project` (exported
+    with the run) has SetImage(), the same images then go through SetImage() and Predict() as frames."""
     target = fw.TARGETS[target_name]
     toolchain = fw.find_toolchain()
     tree = fw.resolve_tflm_tree(tree_spec)
     micro = _runnable(tflite_path, tree, target)
     arena_x86 = micro.arena["total"]
+    fed_frames = sample is not None and sample.frames is not None and project is not None and takes_frames(project)
     if project is None:
         project = project_for(tflite_path, micro, arena_x86, build_root / "mcu-project")
-    if images is not None:
-        inputs = np.stack([micro.prepare(image[None]) for image in images[:count]])
+    if sample is not None:
+        inputs = np.stack([micro.prepare(image[None]) for image in sample.images[:count]])
     else:
         rng = np.random.default_rng(0)
         inputs = rng.integers(-128, 128, size=(count, *micro.input_shape), dtype=np.int8)
@@ -85,14 +90,20 @@ def measure(
 
     firmware = fw.build_firmware(project, target, tree, toolchain, log=log)
     started = time.perf_counter()
-    run = _run(firmware, inputs.reshape(len(inputs), -1), toolchain, device, log)
+    records = _frame_records(sample, count) if fed_frames else []
+    run = _run(firmware, inputs.reshape(len(inputs), -1), toolchain, device, log, b"".join(records))
     log(
-        f"  {target.name}: {len(inputs)} inferences in QEMU ({run.seconds:.1f} s); "
+        f"  {target.name}: {len(inputs) + len(records)} inferences in QEMU ({run.seconds:.1f} s); "
         f"build {firmware.seconds:.1f} s{' (TFLM library built)' if firmware.library_built else ''}"
     )
+    if len(run.frames) != len(records):
+        raise fw.CheckFailed(f"the firmware ran {len(run.frames)} of {len(records)} frames through SetImage()")
+    labels = sample.labels if sample is not None else None
     record = _record(tflite_path, target, device, run, host, labels)
+    if fed_frames:
+        record = record.model_copy(update=_frame_results(run, sample, micro))
     return record.model_copy(update={
-        "inputs": "test images" if images is not None else "random int8 inputs (seed 0)",
+        "inputs": "test images" if sample is not None else "random int8 inputs (seed 0)",
         "arena_x86_bytes": arena_x86,
         "toolchain": toolchain.description,
         "tflm_tree": str(tree),
@@ -115,19 +126,54 @@ def cycle_model(device: Device) -> fw.CycleModel | None:
                          flash_ways=spec.flash.ways or 0, core=core)  # fmt: skip
 
 
-def _run(firmware: fw.Firmware, inputs: np.ndarray, toolchain: fw.Toolchain, device: Device, log) -> fw.FirmwareRun:
+def _run(
+    firmware: fw.Firmware, inputs: np.ndarray, toolchain: fw.Toolchain, device: Device, log, frames: bytes
+) -> fw.FirmwareRun:
     """The firmware run under the device's cycle model, or without it (instructions only) when there is none
     or this QEMU cannot load the plugin."""
     model = cycle_model(device)
     if model is not None:
         try:
-            return fw.run_firmware(firmware, inputs, toolchain, cycles=model)
+            return fw.run_firmware(firmware, inputs, toolchain, cycles=model, frames=frames)
         except fw.PluginUnsupported as exc:
             log(f"  {exc}; latency falls back to instructions x cycles per instruction")
-            run = fw.run_firmware(firmware, inputs, toolchain)
+            run = fw.run_firmware(firmware, inputs, toolchain, frames=frames)
             run.cycles_unavailable = str(exc)
             return run
-    return fw.run_firmware(firmware, inputs, toolchain)
+    return fw.run_firmware(firmware, inputs, toolchain, frames=frames)
+
+
+def _frame_records(sample: ExportSample, count: int) -> list[bytes]:
+    """The first `count` images' pixels as records of the firmware's frames file."""
+    records = []
+    for pixels in sample.frames[:count]:
+        height, width, channels = pixels.shape
+        records.append(fw.frame_record(pixels.tobytes(), width, height, _pixel_format(channels), sample.resize))
+    return records
+
+
+def _pixel_format(channels: int) -> str:
+    return "GRAY8" if channels == 1 else "RGB888"
+
+
+def _frame_results(run: fw.FirmwareRun, sample: ExportSample, micro: MicroRunner) -> dict:
+    """The frames' inputs against edgekd.preprocess's, Predict()'s classes against host TFLite Micro's on
+    those inputs, and the accuracy through SetImage()."""
+    lut = input_lut(sample.mean, sample.std, micro.input_scale, micro.input_zero_point)
+    size, channels = micro.input_shape[1], micro.input_shape[3]
+    identical = agreeing = 0
+    for pixels, result in zip(sample.frames[: len(run.frames)], run.frames, strict=True):
+        height, width, _ = pixels.shape
+        expected = frame_to_input(pixels.tobytes(), width, height, _pixel_format(pixels.shape[2]), size=size,
+                                  channels=channels, rule=sample.resize, lut=lut)  # fmt: skip
+        identical += result.input_digest == fw.fnv1a(expected.tobytes())
+        agreeing += result.class_index == int(np.argmax(micro.invoke(expected.reshape(micro.input_shape))))
+    fed = len(run.frames)
+    found = {"frames": fed, "frames_input_identical": identical, "frames_class_agreement": agreeing / max(fed, 1)}
+    if sample.labels is not None and fed:
+        predictions = np.array([result.class_index for result in run.frames])
+        found["frames_accuracy"] = float((predictions == sample.labels[:fed]).mean())
+    return found
 
 
 def _record(

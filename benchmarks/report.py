@@ -15,10 +15,6 @@ def _kib(value: float | None) -> str:
     return "–" if value is None else f"{value / 1024:,.1f} KiB"
 
 
-def _percent(value: float | None) -> str:
-    return "–" if value is None else f"{value:.2%}"
-
-
 def _ms(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f} ms"
 
@@ -268,45 +264,15 @@ def _device_section(report: Report) -> list[str]:
         if run.status == "skipped":
             lines += [f"Skipped for {artefact.format}: {run.reason}", ""]
             continue
-        m = 1e6
-        parts = ", ".join(f"{p.name} {_kib(p.bytes)}" for p in run.flash_parts)
-        latency = run.latency
         lines += [
             f"{artefact.format} compiled with TensorFlow Lite Micro + CMSIS-NN for the {run.core} and run in "
             f"QEMU ({run.machine}, `-icount shift=0`): {run.images} {run.inputs} in one boot. Cycle model: "
             f"{run.cycle_model}.",
             "",
-            "| figure | value | how |",
-            "| --- | ---: | --- |",
-            f"| instructions per inference | {run.instructions_mean / m:,.3f} M | mean of {run.images} timed "
-            f"inferences after a warm-up (min {run.instructions_min / m:,.3f} M, "
-            f"max {run.instructions_max / m:,.3f} M; "
-            + ("exact) |" if run.instruction_resolution == 1 else f"±{run.instruction_resolution} per reading) |"),
-        ]
-        if run.cycles_mean is not None:
-            lines.append(
-                f"| cycles per inference | {run.cycles_mean / m:,.3f} M | the cycle model, same inferences (min "
-                f"{run.cycles_min / m:,.3f} M, max {run.cycles_max / m:,.3f} M; "
-                f"{run.cycles_mean / run.instructions_mean:.2f} cycles per instruction) |"
-            )
-        if latency is not None:
-            lines.append(
-                f"| latency | {latency.ms:,.1f} ms ({latency.low_ms:,.1f}–{latency.high_ms:,.1f}) | {latency.basis} |"
-            )
-        else:
-            lines.append("| latency | – | the device profile has no clock or cycles-per-instruction range |")
-        lines += [
-            f"| tensor arena | {_kib(run.arena_used_bytes)} | `arena_used_bytes()` on the target (x86-64 build: "
-            f"{_kib(run.arena_x86_bytes)}) |",
-            f"| firmware flash | {_kib(run.flash_bytes)} | {parts} |",
-            f"| outputs vs host TFLite-Micro | {_percent(run.agreement_with_host)} | top-1 agreement; int8 outputs "
-            + ("bit-identical" if run.bit_exact else f"differ by up to {run.max_output_difference}")
-            + " |",
-        ]
-        if run.accuracy is not None:
-            lines.append(f"| accuracy on the device | {_percent(run.accuracy)} | on the {run.images} test images |")
-        lines += ["", *_layer_tables(run), ""]
-        lines += [
+            *_device_figures(run),
+            "",
+            *_layer_tables(run),
+            "",
             "QEMU counts instructions exactly; the cycles come from a model of the core and its flash run inside "
             "the same QEMU run (`exporters/firmware/cycles/cortex_m_cycles.c`), and the latency's band is that "
             "model's error against real boards."
@@ -315,6 +281,51 @@ def _device_section(report: Report) -> list[str]:
             "time with the device profile's cycles-per-instruction range.",
             "",
         ]
+    return lines
+
+
+def _device_figures(run: DeviceRun) -> list[str]:
+    """The device run's figures as a table: instructions, cycles, latency, arena, flash, outputs, accuracy."""
+    m = 1e6
+    parts = ", ".join(f"{p.name} {_kib(p.bytes)}" for p in run.flash_parts)
+    latency = run.latency
+    lines = [
+        "| figure | value | how |",
+        "| --- | ---: | --- |",
+        f"| instructions per inference | {run.instructions_mean / m:,.3f} M | mean of {run.images} timed "
+        f"inferences after a warm-up (min {run.instructions_min / m:,.3f} M, "
+        f"max {run.instructions_max / m:,.3f} M; "
+        + ("exact) |" if run.instruction_resolution == 1 else f"±{run.instruction_resolution} per reading) |"),
+    ]
+    if run.cycles_mean is not None:
+        lines.append(
+            f"| cycles per inference | {run.cycles_mean / m:,.3f} M | the cycle model, same inferences (min "
+            f"{run.cycles_min / m:,.3f} M, max {run.cycles_max / m:,.3f} M; "
+            f"{run.cycles_mean / run.instructions_mean:.2f} cycles per instruction) |"
+        )
+    if latency is not None:
+        lines.append(
+            f"| latency | {latency.ms:,.1f} ms ({latency.low_ms:,.1f}–{latency.high_ms:,.1f}) | {latency.basis} |"
+        )
+    else:
+        lines.append("| latency | – | the device profile has no clock or cycles-per-instruction range |")
+    lines += [
+        f"| tensor arena | {_kib(run.arena_used_bytes)} | `arena_used_bytes()` on the target (x86-64 build: "
+        f"{_kib(run.arena_x86_bytes)}) |",
+        f"| firmware flash | {_kib(run.flash_bytes)} | {parts} |",
+        f"| outputs vs host TFLite-Micro | {_percent(run.agreement_with_host)} | top-1 agreement; int8 outputs "
+        + ("bit-identical" if run.bit_exact else f"differ by up to {run.max_output_difference}")
+        + " |",
+    ]
+    if run.accuracy is not None:
+        lines.append(f"| accuracy on the device | {_percent(run.accuracy)} | on the {run.images} test images |")
+    if run.frames:
+        lines.append(
+            f"| camera path: `SetImage()` + `Predict()` | {_percent(run.frames_accuracy)} | the same {run.frames} "
+            f"test images as 8-bit frames: {run.frames_input_identical} of {run.frames} inputs byte-identical "
+            f"to `edgekd.preprocess`'s, classes {_percent(run.frames_class_agreement)} equal to host "
+            "TFLite-Micro's |"
+        )
     return lines
 
 

@@ -93,6 +93,14 @@ class DeviceRun(BaseModel):
     accuracy: float | None = None
     balanced_accuracy: float | None = None
     confusion: list[list[int]] | None = Field(None, description="firmware predictions: rows true, columns predicted")
+    frames: int = Field(0, description="test images also fed as 8-bit frames through SetImage() and Predict()")
+    frames_input_identical: int | None = Field(
+        None, description="frames whose int8 input from SetImage() equals edgekd.preprocess's to the byte"
+    )
+    frames_class_agreement: float | None = Field(
+        None, description="Predict()'s class equal to host TFLite Micro's on edgekd.preprocess's input"
+    )
+    frames_accuracy: float | None = Field(None, description="top-1 of Predict() on the frames")
     latency: McuLatency | None = None
     toolchain: str | None = None
     tflm_tree: str | None = None

@@ -203,6 +203,22 @@ def _in_memory(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     return dataset.transformed(), labels, positions
 
 
+def pixels_of(dataset: Dataset, count: int) -> np.ndarray | None:
+    """The first `count` images of `dataset` as 8-bit pixels, N×H×W×C uint8 (what a camera frame of them
+    holds), or None when the dataset does not keep its images before normalisation (`from_datasets`)."""
+    dataset = dataset.dataset if isinstance(dataset, Relabelled) else dataset
+    positions = torch.arange(len(dataset))
+    while isinstance(dataset, Subset):
+        positions = torch.as_tensor(dataset.indices)[positions]
+        dataset = dataset.dataset
+    if not isinstance(dataset, TensorImages):
+        return None
+    images = dataset.images[positions[:count]]
+    if images.dtype != torch.uint8:  # floats in [0, 1] (the bundled datasets, resized)
+        images = images.mul(255).round_().clamp_(0, 255).to(torch.uint8)
+    return images.permute(0, 2, 3, 1).contiguous().numpy()
+
+
 def class_balance(labels: np.ndarray, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """For `data.balance`: per class, 1 / its share of the labelled images, scaled to a mean of 1 over them
     (a class without images gets 0), and per image, its class's weight (what the sampler draws by; an

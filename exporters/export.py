@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import yaml
 from rich.console import Console
 
 from edgekd.checks import format_value
-from edgekd.data import DataBundle, load_data
+from edgekd.data import DataBundle, load_data, pixels_of
 from edgekd.errors import DataError, EdgeKDError, ModelError
 from edgekd.exporters.formats import FORMATS, ExportJob, in_order
 from edgekd.metrics import balanced_accuracy
@@ -121,7 +122,15 @@ def _job(run: RunDir, recipe: Recipe, model: torch.nn.Module, metadata: dict, da
     run.artefacts.mkdir(exist_ok=True)
     run.convert_log.write_text("")
     kept = max(SAMPLE_IMAGES, recipe.bench.device_images)
-    np.savez_compressed(run.test_sample, images=test_images[:kept].numpy(), labels=test_labels[:kept])
+    frames = pixels_of(data.test, min(kept, test_count))
+    np.savez_compressed(
+        run.test_sample,
+        images=test_images[:kept].numpy(),
+        labels=test_labels[:kept],
+        mean=np.array(data.mean),
+        std=np.array(data.std),
+        **({"frames": frames, "resize": np.array(recipe.data.resize)} if frames is not None else {}),
+    )
     return ExportJob(recipe, model, metadata, data, calibration, test_images, test_labels, reference, run.artefacts,
                      run.convert_log, console)  # fmt: skip
 
@@ -170,9 +179,26 @@ def _previous_artefacts(run: RunDir) -> dict[str, ArtefactExport]:
         return {}
 
 
-def test_sample(run: RunDir) -> tuple[np.ndarray, np.ndarray] | None:
-    """The test images (normalised NCHW floats) and labels the export kept, or None."""
+@dataclass(frozen=True)
+class ExportSample:
+    """The test images the export kept: as the model takes them (normalised NCHW floats), with their labels,
+    and as 8-bit pixels (N×H×W×C uint8, what the firmware's SetImage() is fed) when the dataset keeps them,
+    with how training turned pixels into the model's input (data.resize, then the normalisation)."""
+
+    images: np.ndarray
+    labels: np.ndarray | None = None
+    frames: np.ndarray | None = None
+    resize: str = "crop"
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+
+
+def test_sample(run: RunDir) -> ExportSample | None:
+    """What the export kept of the test split, or None."""
     if not run.test_sample.is_file():
         return None
     with np.load(run.test_sample) as sample:
-        return sample["images"], sample["labels"]
+        if "frames" not in sample:  # written before frames were kept, or a dataset without 8-bit pixels
+            return ExportSample(sample["images"], sample["labels"])
+        return ExportSample(sample["images"], sample["labels"], sample["frames"], str(sample["resize"]),
+                            tuple(sample["mean"].tolist()), tuple(sample["std"].tolist()))  # fmt: skip

@@ -137,6 +137,12 @@ built-in ones, and prints one `EDGEKD ...` line per result.
 """
 
 
+def takes_frames(project: Path) -> bool:
+    """Whether the project's firmware has edgekd::SetImage() (a square image input of 1 or 3 channels)."""
+    header = project / "model_data.h"
+    return header.is_file() and "#define EDGEKD_IMAGE_INPUT 1" in header.read_text()
+
+
 def write_mcu_project(tflite_path: Path, out_dir: Path, interface: c_array.ModelInterface) -> list[str]:
     """Write the project into `out_dir` (replacing generated and template files, keeping `build/`).
     Returns the model's operators."""

@@ -51,16 +51,29 @@ def both(*setups):
     return setup
 
 
-def image_folder(classes=("cat", "dog"), bad=None):
+def image_folder(classes=("cat", "dog"), bad=None, junk_only=None):
+    """Class folders of 4 PNGs; `bad`: (name, bytes) one more file, None for a JPEG cut short (it passes PIL's
+    header check); `junk_only`: a class whose folder holds only what a Mac leaves."""
+
     def setup(tmp, recipe):
+        import io
+
         from PIL import Image
 
         for klass in classes:
             (tmp / "images" / klass).mkdir(parents=True, exist_ok=True)
+            if klass == junk_only:
+                (tmp / "images" / klass / "._0.png").write_bytes(b"\0\5\26\7AppleDouble")
+                continue
             for i in range(4):
                 Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp / "images" / klass / f"{i}.png")
         if bad:
-            (tmp / "images" / classes[0] / bad[0]).write_bytes(bad[1])
+            content = bad[1]
+            if content is None:
+                buffer = io.BytesIO()
+                Image.new("RGB", (64, 64), (200, 30, 0)).save(buffer, format="JPEG")
+                content = buffer.getvalue()[: len(buffer.getvalue()) // 2]
+            (tmp / "images" / classes[0] / bad[0]).write_bytes(content)
         recipe["data"] = {"dataset": "imagefolder", "root": str(tmp / "images"), "image_size": 16}
 
     return setup
@@ -181,6 +194,18 @@ CASES = [
         image_folder(bad=("notes.jpg", b"shopping list")),
         DISTILL,
         "notes.jpg is not a readable image",
+    ),
+    (
+        "imagefolder class left empty by the junk filter",
+        image_folder(classes=("cat", "dog", "bird"), junk_only="bird"),
+        DISTILL,
+        "class folder(s) bird in {tmp}/images hold no image",
+    ),
+    (
+        "imagefolder jpeg cut short",
+        image_folder(bad=("cut.jpg", None)),
+        DISTILL,
+        "cut.jpg is not a readable image",
     ),
     ("cifar missing", edit(data={"dataset": "cifar10", "root": "/nonexistent"}), DISTILL, "lacks data_batch_1"),
     # ---- unlabelled images

@@ -11,6 +11,7 @@ from edgekd.benchmarks.memory import analyse
 from edgekd.benchmarks.profiles import load_device
 from edgekd.config import ExportConfig
 from edgekd.exporters import channel_groups, memory_rewrite, spatial_patches, tflite
+from edgekd.exporters.export import ExportSample
 from edgekd.exporters.graph_edit import RewriteError
 from edgekd.exporters.runtimes import MicroRunner, measure_arena
 
@@ -219,8 +220,9 @@ def test_rewritten_firmware_runs_bit_exact_in_qemu_with_less_arena(model_path, t
         found = memory_rewrite.rewrite_for_memory(path, ExportConfig(memory=mode), sram_budget=0)
         assert (found["rewrite"] == "none") == (mode == "none")
         run = device.measure(path, "qemu-m4", load_device("cortex-m4"), project=None, build_root=tmp_path / mode,
-                             images=np.random.default_rng(0).standard_normal((4, 3, 80, 80)).astype(np.float32),
-                             labels=np.zeros(4, dtype=int), count=4, tree_spec=None, log=lambda _: None)  # fmt: skip
+                             sample=ExportSample(np.random.default_rng(0).standard_normal((4, 3, 80, 80), np.float32),
+                                                 np.zeros(4, dtype=int)),
+                             count=4, tree_spec=None, log=lambda _: None)  # fmt: skip
         assert run.status == "measured" and run.bit_exact, run
         figures[mode] = run.arena_used_bytes
     assert figures["groups"] < figures["none"] and figures["patches"] < figures["none"]

@@ -27,7 +27,7 @@ from edgekd.exporters import memory_rewrite, tflite
 
 def measure(path: Path, scratch: Path) -> device.DeviceRun:
     run = device.measure(path, "qemu-m4", load_device("cortex-m4"), project=None, build_root=scratch,
-                         images=None, labels=None, count=3, tree_spec=None, log=lambda _: None)  # fmt: skip
+                         sample=None, count=3, tree_spec=None, log=lambda _: None)  # fmt: skip
     if run.status != "measured" or not run.bit_exact:
         raise SystemExit(f"{path.name}: the device run failed or was not bit-exact: {run.reason}")
     return run

@@ -53,7 +53,7 @@ class _ClassFolders(ImageFolder):
 
     def __init__(self, root: str):
         self.skipped = 0
-        super().__init__(root, is_valid_file=self._is_image)
+        super().__init__(root, is_valid_file=self._is_image, allow_empty=True)  # empty classes: named by folder()
 
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
         entries = sorted((entry for entry in os.scandir(directory) if entry.is_dir()), key=lambda entry: entry.name)
@@ -132,6 +132,12 @@ class _Reader:
             raise DataError(
                 f"imagefolder: {path} has {len(listing.classes)} class folder ({', '.join(listing.classes)}); "
                 "a classifier needs at least 2"
+            )
+        empty = [name for index, name in enumerate(listing.classes) if index not in set(listing.targets)]
+        if empty:
+            raise DataError(
+                f"imagefolder: class folder(s) {', '.join(empty)} in {path} hold no image (hidden and OS files do not "
+                "count); add images or remove the folder"
             )
         paths = [file for file, _ in listing.samples]
         images = decoded_images(paths, self.config, "imagefolder", self.notes)
