@@ -226,10 +226,28 @@ def test_kd_with_mixup_labels_mixed_images_by_the_teacher_and_refuses_the_cache(
 # ---------------------------------------------------------------- mean teacher
 
 
-def mean_teacher(decay: float, ramp: bool) -> MeanTeacher:
+def mean_teacher(decay: float, ramp: bool, input_noise: float = 0.0) -> MeanTeacher:
     student = nn.Linear(2, 2, bias=False)
     return MeanTeacher(student, decay=decay, ramp_decay=ramp, w_ce=1.0, w_consistency=1.0, rampup_epochs=0,
-                       temperature=1.0)  # fmt: skip
+                       temperature=1.0, input_noise=input_noise)  # fmt: skip
+
+
+def test_mean_teacher_input_noise_is_drawn_apart_for_student_and_teacher_and_only_in_training():
+    """The paper's input noise: each model sees its own draw while training; evaluation sees the image."""
+    seen = {}
+    method = mean_teacher(0.9, ramp=False, input_noise=0.5)
+    method.student.register_forward_hook(lambda _, args, out: seen.__setitem__("student", args[0]))
+    method.teacher.register_forward_hook(lambda _, args, out: seen.__setitem__("teacher", args[0]))
+    images = torch.zeros(64, 2)
+    method.train()
+    method.start_epoch(1, 1)
+    method(images, torch.zeros(64, dtype=torch.long))
+    assert not torch.equal(seen["student"], seen["teacher"])
+    for drawn in (seen["student"], seen["teacher"]):
+        assert 0.4 < float(drawn.std()) < 0.6
+    method.eval()
+    method(images, torch.zeros(64, dtype=torch.long))
+    assert torch.equal(seen["student"], images)
 
 
 def test_mean_teacher_ema_after_k_steps_equals_the_closed_form():

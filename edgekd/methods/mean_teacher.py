@@ -8,7 +8,8 @@ student to agree with it on every image through a consistency cost on softened o
     L = w_ce · CE(y, z_s) + w(t) · mean (softmax(z_s/T) − softmax(z_t/T))²
 
 w(t) ramps up as exp(−5 (1 − t)²) over the first `rampup_epochs` (the paper's sigmoid ramp-up); the
-mean is over batch and classes. Batch-norm statistics are averaged like weights. The student is what
+mean is over batch and classes. With `input_noise` σ > 0 the student and the teacher each see the batch
+plus their own draw of Gaussian noise (the paper's independent input noise; σ in normalised-input units). Batch-norm statistics are averaged like weights. The student is what
 edgekd saves and exports; the run's summary also gives the averaged teacher's test accuracy.
 
 Defaults, chosen on the validation split of `mnist5k_low_data` (benchmarks/suite/teacher_curves.py,
@@ -46,6 +47,9 @@ class MeanTeacherConfig(DistillSettings):
     w_consistency: float = Field(1.0, ge=0, description="the weight after the ramp-up")
     rampup_epochs: float = Field(5.0, ge=0)
     temperature: float = Field(1.0, gt=0)
+    input_noise: float = Field(
+        0.0, ge=0, description="σ of Gaussian noise added to the student's and the teacher's inputs, independently"
+    )
 
 
 def consistency_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -80,8 +84,10 @@ class MeanTeacher(DistillMethod):
         w_consistency: float,
         rampup_epochs: float,
         temperature: float,
+        input_noise: float,
     ):
         super().__init__(student)
+        self.input_noise = input_noise
         self.teacher = copy.deepcopy(student).requires_grad_(False).eval()
         self.decay, self.ramp_decay = decay, ramp_decay
         self.w_ce, self.w_consistency, self.rampup_epochs, self.temperature = (
@@ -102,12 +108,18 @@ class MeanTeacher(DistillMethod):
     def start_epoch(self, epoch: int, epochs: int) -> None:
         self.weight = self.w_consistency * sigmoid_rampup(epoch - 1, self.rampup_epochs)
 
+    def noisy(self, images: torch.Tensor) -> torch.Tensor:
+        """The paper's input noise: each model sees its own draw, so agreeing means being robust to it."""
+        if not self.training or self.input_noise == 0:
+            return images
+        return images + self.input_noise * torch.randn_like(images)
+
     def forward(self, images, labels, index=None):
-        logits = self.student(images)
+        logits = self.student(self.noisy(images))
         losses = {"ce": self.w_ce * self.cross_entropy(logits, labels)}
         if self.training:
             with torch.no_grad():
-                teacher_logits = self.teacher(images)
+                teacher_logits = self.teacher(self.noisy(images))
             losses["consistency"] = self.weight * consistency_loss(logits, teacher_logits, self.temperature)
         return logits, losses
 
