@@ -186,16 +186,23 @@ class _Indexed(Dataset):
         return image, label, index
 
 
-def _in_memory(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
-    """(all transformed images, the labels of `dataset`'s samples, positions of its samples in the images)
-    when the dataset is a deterministic TensorImages, or a subset of one (relabelled or not); else None."""
-    labels = dataset.labels if isinstance(dataset, Relabelled) else None
+def _underneath(dataset: Dataset) -> tuple[Dataset, torch.Tensor | None]:
+    """The dataset under `dataset`'s relabelling and subsets, and the positions of `dataset`'s samples in it
+    (None: all of it, in order)."""
     dataset = dataset.dataset if isinstance(dataset, Relabelled) else dataset
     positions = None
     while isinstance(dataset, Subset):
         indices = torch.as_tensor(dataset.indices)
         positions = indices if positions is None else indices[positions]
         dataset = dataset.dataset
+    return dataset, positions
+
+
+def _in_memory(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
+    """(all transformed images, the labels of `dataset`'s samples, positions of its samples in the images)
+    when the dataset is a deterministic TensorImages, or a subset of one (relabelled or not); else None."""
+    labels = dataset.labels if isinstance(dataset, Relabelled) else None
+    dataset, positions = _underneath(dataset)
     if not isinstance(dataset, TensorImages) or dataset.transformed() is None:
         return None
     if labels is None:
@@ -206,14 +213,10 @@ def _in_memory(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
 def pixels_of(dataset: Dataset, count: int) -> np.ndarray | None:
     """The first `count` images of `dataset` as 8-bit pixels, N×H×W×C uint8 (what a camera frame of them
     holds), or None when the dataset does not keep its images before normalisation (`from_datasets`)."""
-    dataset = dataset.dataset if isinstance(dataset, Relabelled) else dataset
-    positions = torch.arange(len(dataset))
-    while isinstance(dataset, Subset):
-        positions = torch.as_tensor(dataset.indices)[positions]
-        dataset = dataset.dataset
+    dataset, positions = _underneath(dataset)
     if not isinstance(dataset, TensorImages):
         return None
-    images = dataset.images[positions[:count]]
+    images = dataset.images[:count] if positions is None else dataset.images[positions[:count]]
     if images.dtype != torch.uint8:  # floats in [0, 1] (the bundled datasets, resized)
         images = images.mul(255).round_().clamp_(0, 255).to(torch.uint8)
     return images.permute(0, 2, 3, 1).contiguous().numpy()

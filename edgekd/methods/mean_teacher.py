@@ -9,8 +9,9 @@ student to agree with it on every image through a consistency cost on softened o
 
 w(t) ramps up as exp(−5 (1 − t)²) over the first `rampup_epochs` (the paper's sigmoid ramp-up); the
 mean is over batch and classes. With `input_noise` σ > 0 the student and the teacher each see the batch
-plus their own draw of Gaussian noise (the paper's independent input noise; σ in normalised-input units). Batch-norm statistics are averaged like weights. The student is what
-edgekd saves and exports; the run's summary also gives the averaged teacher's test accuracy.
+plus their own draw of Gaussian noise (the paper's independent input noise; σ in normalised-input units).
+Batch-norm statistics are averaged like weights. The student is what edgekd saves and exports; the run's
+summary also gives the averaged teacher's test accuracy.
 
 Defaults, chosen on the validation split of `mnist5k_low_data` (benchmarks/suite/teacher_curves.py,
 RESULTS.md "teacher curves: mean-teacher"): decay 0.95 (an average over about 20 steps) and consistency
