@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from edgekd.runtime import cpu_name
+from edgekd.cache import cpu_name
 
 
 def machine_line() -> str:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
-import platform
 import statistics
 import time
 from collections.abc import Iterable
@@ -20,9 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
-from edgekd.cache import cache_dir
+from edgekd.cache import cache_dir, cpu_name, read_choices, write_choices
 from edgekd.errors import EdgeKDError
-from edgekd.rundir import atomic_save
 
 
 @dataclass(frozen=True)
@@ -114,6 +111,7 @@ def choose_memory_format(
     rounds: int = 7,
     steps: int = 3,
     cache: Path | None = None,
+    variant: str = "",
 ) -> MemoryFormatChoice:
     """Contiguous (NCHW) or channels_last (NHWC), whichever runs a training step of `modules` faster here.
     Which one wins depends on the CPU and its kernels (channels_last trained MobileNetV2 students 1.8×
@@ -122,10 +120,11 @@ def choose_memory_format(
     teacher) and one batch, a warm-up round in each format, then `rounds` rounds of `steps` steps
     alternating the two, the median round of each (a shared machine's step times vary by a third from
     one step to the next). The answer is kept in edgekd's cache, keyed by CPU, torch, threads, models and
-    batch shape, so a run on the same machine makes the same choice (and trains the same weights)."""
+    batch shape (and `variant`, what else differs in the step, e.g. depthwise weight gradients taken tap by
+    tap), so a run on the same machine makes the same choice (and trains the same weights)."""
     cache = cache if cache is not None else cache_dir() / "memory_format.json"
-    key = _machine_key(modules, images, runtime)
-    known = _read_json(cache)
+    key = _machine_key(modules, images, runtime) + (f"|{variant}" if variant else "")
+    known = read_choices(cache)
     if key in known:
         entry = known[key]
         return MemoryFormatChoice(entry["channels_last"], entry["contiguous_ms"], entry["channels_last_ms"], True)
@@ -144,10 +143,7 @@ def choose_memory_format(
     choice = MemoryFormatChoice(medians[True] < medians[False], medians[False], medians[True], False)
     known[key] = {"channels_last": choice.channels_last, "contiguous_ms": round(choice.contiguous_ms, 3),
                   "channels_last_ms": round(choice.channels_last_ms, 3)}  # fmt: skip
-    try:
-        atomic_save(json.dumps(known, indent=1, sort_keys=True) + "\n", cache)
-    except OSError:  # a read-only cache: the choice still holds for this run
-        pass
+    write_choices(cache, known)
     return choice
 
 
@@ -174,22 +170,3 @@ def _machine_key(modules: list[tuple[nn.Module, bool]], images: torch.Tensor, ru
     )
     return (f"{cpu_name()}|torch {torch.__version__}|{torch.get_num_threads()} threads|{runtime.device.type}|"
             f"amp {runtime.amp}|{models}|{tuple(images.shape)}")  # fmt: skip
-
-
-def cpu_name() -> str:
-    """The processor's model name (what decides which kernels are fast here)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return content if isinstance(content, dict) else {}

@@ -33,6 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from edgekd.config import TrainConfig
 from edgekd.data import Batches, DataBundle, class_balance, labels_of
+from edgekd.depthwise import DepthwiseTaps, depthwise_layers, time_weight_gradients
 from edgekd.distributed import World
 from edgekd.errors import EdgeKDError
 from edgekd.methods.base import DistillMethod
@@ -162,7 +163,8 @@ def train_stage(
 ) -> StageResult:
     """Train `method.student` (and whatever else the method trains) for `config.epochs` epochs: choose the
     memory format, resume, (build the teacher cache,) then per epoch train, validate, record and
-    checkpoint; at the end re-estimate BatchNorm statistics and evaluate.
+    checkpoint; at the end re-estimate BatchNorm statistics and evaluate. On the CPU, training steps take
+    the weight gradient of small depthwise layers tap by tap where that is measured faster (edgekd.depthwise).
 
     The step does only what training needs: no per-step `.item()` (losses and accuracy accumulate as
     tensors and are read a few times a second for the progress line), no per-sample Python for in-memory
@@ -175,7 +177,8 @@ def train_stage(
         if options.teacher_cache and first_epoch <= config.epochs:
             loop.build_teacher_cache(progress)
         for epoch in range(first_epoch, config.epochs + 1):
-            running, seconds = loop.train_epoch(epoch, progress)
+            with loop.depthwise:  # training steps only: evaluation and export see the library's convolutions
+                running, seconds = loop.train_epoch(epoch, progress)
             loop.finish_epoch(epoch, running, seconds, progress)
         loop.check_processes_agree()
         loop.precise_batchnorm(progress)
@@ -217,6 +220,7 @@ class _Stage:
         self.saved = None
         if options.resume and options.checkpoint.is_file():
             self.saved = torch.load(options.checkpoint, map_location=runtime.device, weights_only=True)
+        self.depthwise = self._depthwise_taps(method, runtime)
         self.runtime = self._memory_format(method, runtime)
         self.method = self.runtime.place(method)
         self.modules = method.trainable_modules()
@@ -237,6 +241,19 @@ class _Stage:
                        workers=self.options.workers, rank=self.world.rank, world=self.world.size,
                        draw_weights=self.draw_weights)  # fmt: skip
 
+    def _depthwise_taps(self, method: DistillMethod, runtime: Runtime) -> DepthwiseTaps:
+        """The student's depthwise layers whose weight gradient training sums tap by tap (edgekd.depthwise):
+        on the CPU in float32 (amp's bfloat16 keeps the library's), timed by rank 0 for every rank."""
+        if runtime.device.type != "cpu" or runtime.amp:
+            return DepthwiseTaps({}, {})
+        images, _, _ = next(iter(self._train_batches(epoch=1)))
+        layers = depthwise_layers(method.student, images)
+        timings = time_weight_gradients(layers.values()) if self.world.main and layers else ({}, False)
+        choice = DepthwiseTaps(layers, *self.world.broadcast(timings))
+        if choice.modules:
+            self.options.console.print(f"[dim]{self.stage}: {choice.describe()}[/dim]")
+        return choice
+
     def _memory_format(self, method: DistillMethod, runtime: Runtime) -> Runtime:
         """The runtime with the memory format decided: as the recipe says, as this stage's checkpoint
         recorded (a resumed stage keeps its format), or measured (`channels_last: auto`)."""
@@ -249,7 +266,9 @@ class _Stage:
         teacher = getattr(method, "teacher", None)  # a teacher that runs every step costs time too
         if isinstance(teacher, nn.Module) and not self.options.teacher_cache:
             timed.append((teacher, "teacher" in method.trainable_modules()))
-        choice = choose_memory_format(timed, images, labels, runtime) if self.world.main else None
+        with self.depthwise:  # the step as training will run it
+            variant = self.depthwise.variant()
+            choice = choose_memory_format(timed, images, labels, runtime, variant=variant) if self.world.main else None
         choice = self.world.broadcast(choice)  # every process trains in rank 0's choice
         self.options.console.print(f"[dim]{self.stage}: {choice.describe()}[/dim]")
         return replace(runtime, channels_last=choice.channels_last)

@@ -28,8 +28,8 @@ from pathlib import Path
 
 from results import write_section
 
+from edgekd.cache import cpu_name
 from edgekd.rundir import RunDir
-from edgekd.runtime import cpu_name
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]

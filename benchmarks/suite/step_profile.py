@@ -21,12 +21,14 @@ from pathlib import Path
 import torch
 from results import write_section
 
+from edgekd.cache import cpu_name
 from edgekd.data import Batches, load_data
+from edgekd.depthwise import choose_depthwise_taps
 from edgekd.distributed import World
 from edgekd.methods import MethodContext, build_method
 from edgekd.models import create_model
 from edgekd.recipe import load_recipe
-from edgekd.runtime import Runtime, choose_memory_format, cpu_name
+from edgekd.runtime import Runtime, choose_memory_format
 from edgekd.train import _Running, build_optimizer, build_scheduler
 
 HERE = Path(__file__).resolve().parent
@@ -60,14 +62,18 @@ def main() -> None:
     def build(config):
         return create_model(config.model, num_classes=data.num_classes, in_chans=data.in_chans, kwargs=config.kwargs)
 
-    if runtime.channels_last is None:  # channels_last: auto, as the run's student stage decides it here
-        images, labels, _ = next(iter(Batches(data.train, recipe.data.batch_size, shuffle=True)))
-        choice = choose_memory_format([(build(recipe.student), True)], images, labels, runtime)
+    # The choices the run's student stage makes here: depthwise weight gradients, then the memory format.
+    student = build(recipe.student)
+    images, labels, _ = next(iter(Batches(data.train, recipe.data.batch_size, shuffle=True)))
+    taps = choose_depthwise_taps(student, images)
+    if runtime.channels_last is None:  # channels_last: auto
+        with taps:
+            choice = choose_memory_format([(student, True)], images, labels, runtime, variant=taps.variant())
         runtime = replace(runtime, channels_last=choice.channels_last)
 
     teacher = runtime.place(build(recipe.teachers[0]).eval())
     context = MethodContext(data.in_chans, data.image_size, None, World(), train_images=len(data.train))
-    method = runtime.place(build_method(recipe.distill, build(recipe.student), teacher, context))
+    method = runtime.place(build_method(recipe.distill, student, teacher, context))
     batch_size = recipe.data.batch_size
     method.build_teacher_cache(Batches(data.train_eval, batch_size, shuffle=False), len(data.train), runtime, World())
     optimizer = build_optimizer([p for p in method.parameters() if p.requires_grad], recipe.distill)
@@ -112,12 +118,13 @@ def main() -> None:
                 spent["teacher forward"] += time.perf_counter() - started
         return {phase: value / steps for phase, value in spent.items()}
 
-    round_of(5)  # warm-up: allocator, oneDNN primitives
-    for _ in range(args.rounds):
-        for phase, value in round_of(args.steps).items():
-            seconds[phase].append(value)
+    with taps:
+        round_of(5)  # warm-up: allocator, oneDNN primitives
+        for _ in range(args.rounds):
+            for phase, value in round_of(args.steps).items():
+                seconds[phase].append(value)
+        operators = top_operators(lambda: round_of(args.steps, with_teacher=False), args.steps, count=10)
     median = {phase: statistics.median(values) for phase, values in seconds.items()}
-    operators = top_operators(lambda: round_of(args.steps, with_teacher=False), args.steps, count=10)
     step = sum(median[phase] for phase in PHASES)
     rows = ["| phase | ms per step | share of the cached step |", "| --- | ---: | ---: |"]
     rows += [f"| {phase} | {median[phase] * 1e3:.1f} | {median[phase] / step:.0%} |" for phase in PHASES]
@@ -129,7 +136,7 @@ def main() -> None:
         f"Recipe `{recipe.name}`: {recipe.teachers[0].model} → {recipe.student.model}, {data.image_size} px × "
         f"{data.in_chans} channels, batch {batch_size}, {recipe.distill.method}, {torch.get_num_threads()} threads, "
         f"{'channels_last' if runtime.channels_last else 'contiguous'}; median of {args.rounds} rounds of "
-        f"{args.steps} steps after a warm-up.\n\n" + "\n".join(rows) + "\n\n"
+        f"{args.steps} steps after a warm-up; {taps.describe()}.\n\n" + "\n".join(rows) + "\n\n"
         f"An otherwise identical loop that runs the teacher every step takes {bound:.2f}× as long per step: the "
         "most the cache alone can win. Past that, only a faster student forward and backward (the PyTorch "
         "kernels themselves) makes a step cheaper; the phases around them are what is left to remove.\n\n"
