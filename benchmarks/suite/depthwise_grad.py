@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+from memory_format import step_rate
 from results import write_section
 
 from edgekd.cache import cpu_name
@@ -26,16 +26,6 @@ from edgekd.models import create_model
 
 FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 NETWORKS = "mobilenetv2_tiny:32:1,mobilenetv2_035:32:3,mobilenetv2_tiny:64:3,mobilenetv2_tiny:144:3"
-
-
-def step_seconds(model, optimizer, images, labels, steps: int) -> float:
-    started = time.perf_counter()
-    for _ in range(steps):
-        loss = F.cross_entropy(model(images), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return (time.perf_counter() - started) / steps
 
 
 def largest_difference(model, taps: DepthwiseTaps, images, labels) -> float:
@@ -69,7 +59,7 @@ def measure(name: str, size: int, channels: int, args) -> list[str]:
         for round_ in range(args.rounds + 1):
             for use_taps in (False, True) if round_ % 2 else (True, False):
                 with taps if use_taps else DepthwiseTaps({}, {}):
-                    seconds = step_seconds(model, optimizer, batch, labels, args.steps)
+                    seconds = len(batch) / step_rate(model, optimizer, batch, labels, args.steps)
                 if round_:  # round 0 warms up
                     times[use_taps].append(seconds)
         library, tapped = (1000 * statistics.median(times[k]) for k in (False, True))
