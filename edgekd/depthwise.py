@@ -1,12 +1,12 @@
 """The weight gradient of small depthwise convolutions on the CPU, computed tap by tap where that is
 measured to be much faster than the library's.
 
-oneDNN's depthwise kernel computes weight gradients only for some shapes (on the machines measured: 3×3
-kernels whose input is at least as large as the kernel, more for stride 2). Elsewhere it falls back to a
-GEMM per channel, whose cost is per channel, not per pixel: the 2×2 and 1×1 stages of a MobileNetV2 at
-32 px took 4–6 ms each for work of microseconds, over a third of a distillation step on an AMD EPYC
+oneDNN's depthwise kernel computes weight gradients only for some shapes (on an AMD EPYC with AVX2: 3×3
+kernels whose input is at least 3×3 at stride 1 or 4×4 at stride 2; no 5×5 kernel). Elsewhere it falls
+back to a GEMM per channel, whose cost is per channel, not per pixel: the 2×2 and 1×1 stages of a
+MobileNetV2 at 32 px took 3–9 ms each for work of microseconds, over a third of a distillation step
 (benchmarks/RESULTS.md, "depthwise weight gradients"). Summed tap by tap in channels-last order the same
-gradient costs 0.2–1 ms. Which path oneDNN takes depends on its CPU kernels, so each layer shape is timed
+gradients cost 0.4–2 ms. Which path oneDNN takes depends on its CPU kernels, so each layer shape is timed
 both ways once, as `channels_last: auto` times the memory formats, and the taps are used only where they
 are at least twice as fast; the answer is kept in edgekd's cache, so a machine makes the same choice
 every run.
