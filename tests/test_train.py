@@ -257,7 +257,7 @@ def test_channels_last_auto_measures_both_formats_once_per_machine_and_model(tmp
     cache = tmp_path / "memory_format.json"
     first = choose_memory_format([(model, True)], images, labels, runtime, rounds=2, cache=cache)
     assert not first.cached and first.contiguous_ms > 0 and first.channels_last_ms > 0
-    assert first.channels_last == (first.channels_last_ms < first.contiguous_ms)
+    assert first.channels_last == (first.channels_last_ms * 1.1 <= first.contiguous_ms), "a near tie keeps contiguous"
     assert all(torch.equal(before[key], value) for key, value in model.state_dict().items()), "copies are timed"
     again = choose_memory_format([(model, True)], images, labels, runtime, cache=cache)
     assert again.cached and again.channels_last == first.channels_last
