@@ -142,7 +142,8 @@ class DepthwiseTaps:
 
     @property
     def modules(self) -> list[nn.Conv2d]:
-        return [module for module, shape in self.layers.items() if shape in self.chosen()]
+        chosen = self.chosen()
+        return [module for module, shape in self.layers.items() if shape in chosen]
 
     def chosen(self) -> set[LayerShape]:
         return {shape for shape, (library, taps) in self.timings.items() if taps * FASTER_BY <= library}

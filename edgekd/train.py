@@ -10,6 +10,7 @@ while the training loss looks fine.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import math
 import time
@@ -241,13 +242,17 @@ class _Stage:
                        workers=self.options.workers, rank=self.world.rank, world=self.world.size,
                        draw_weights=self.draw_weights)  # fmt: skip
 
+    @functools.cached_property
+    def _first_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The batch the stage's kernel choices are timed on, loaded once for both."""
+        return next(iter(self._train_batches(epoch=1)))
+
     def _depthwise_taps(self, method: DistillMethod, runtime: Runtime) -> DepthwiseTaps:
         """The student's depthwise layers whose weight gradient training sums tap by tap (edgekd.depthwise):
         on the CPU in float32 (amp's bfloat16 keeps the library's), timed by rank 0 for every rank."""
         if runtime.device.type != "cpu" or runtime.amp:
             return DepthwiseTaps({}, {})
-        images, _, _ = next(iter(self._train_batches(epoch=1)))
-        layers = depthwise_layers(method.student, images)
+        layers = depthwise_layers(method.student, self._first_batch[0])
         timings = time_weight_gradients(layers.values()) if self.world.main and layers else ({}, False)
         choice = DepthwiseTaps(layers, *self.world.broadcast(timings))
         if choice.modules:
@@ -261,7 +266,7 @@ class _Stage:
             return runtime
         if self.saved is not None and self.saved.get("channels_last") is not None:
             return replace(runtime, channels_last=self.saved["channels_last"])
-        images, labels, _ = next(iter(self._train_batches(epoch=1)))
+        images, labels, _ = self._first_batch
         timed = [(method.student, True)]
         teacher = getattr(method, "teacher", None)  # a teacher that runs every step costs time too
         if isinstance(teacher, nn.Module) and not self.options.teacher_cache:
